@@ -1,0 +1,30 @@
+//! Tensor ops for `ft` whose backward pass is correct and cheap.
+//!
+//! candle's fused ops (`rms_norm`, `rope`, `softmax_last_dim`, `sdpa`, `QMatMul`) have no backward
+//! and silently stop the gradient, and its matmul backward always computes the weight gradient,
+//! even for a frozen weight. This crate owns the replacements the model uses:
+//!
+//! - [`frozen_linear`]: `x·Wᵀ` for a frozen `W`; backward returns only `dX`.
+//! - [`rms_norm`], [`rope`], [`masked_cross_entropy`]: composed from differentiable primitives.
+//!
+//! Each op picks candle's fused kernel when no gradient flows (inference), and the
+//! differentiable composition otherwise, so training and serving share one model.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! let x = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu)?;
+//! let w = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.]], &Device::Cpu)?; // (out 3, in 2)
+//! let y = ft_kernels::frozen_linear(&x, &w)?;
+//! assert_eq!(y.to_vec2::<f32>()?, [[1., 2., 3.], [3., 4., 7.]]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+mod frozen_linear;
+mod loss;
+mod norm;
+mod rope;
+
+pub use frozen_linear::frozen_linear;
+pub use loss::masked_cross_entropy;
+pub use norm::rms_norm;
+pub use rope::{rope, RopeTables};
