@@ -1,0 +1,358 @@
+//! Reading weights into HF-named tensors: from a GGUF file (dequantized, q/k un-permuted) or
+//! from an HF directory (`config.json` + single or sharded safetensors).
+//!
+//! Both loaders hand the same names to [`crate::Transformer::load`], so there is one model.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Architecture, Config, HfConfig, RopeScaling};
+use crate::{Error, Result};
+
+/// A model's configuration and weights, named as in Hugging Face checkpoints.
+pub struct LoadedWeights {
+    /// The resolved configuration.
+    pub config: Config,
+    /// Weights by HF name (`model.layers.0.self_attn.q_proj.weight`), in the compute dtype.
+    pub tensors: HashMap<String, Tensor>,
+    /// The file or directory they came from.
+    pub source: PathBuf,
+}
+
+/// Loads a GGUF file or an HF directory, choosing by what `path` is.
+pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+    let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if metadata.is_dir() {
+        load_hf_dir(path, dtype, device)
+    } else {
+        load_gguf(path, dtype, device)
+    }
+}
+
+/// Reads the GGUF header (metadata and tensor index) of `path`.
+pub fn read_gguf_content(path: &Path) -> Result<Content> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    Content::read(&mut reader).map_err(|e| Error::Gguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn gguf_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Gguf {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn meta_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::U8(v) => Some(*v as u64),
+        Value::U16(v) => Some(*v as u64),
+        Value::U32(v) => Some(*v as u64),
+        Value::U64(v) => Some(*v),
+        Value::I8(v) => u64::try_from(*v).ok(),
+        Value::I16(v) => u64::try_from(*v).ok(),
+        Value::I32(v) => u64::try_from(*v).ok(),
+        Value::I64(v) => u64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+fn meta_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::F32(v) => Some(*v as f64),
+        Value::F64(v) => Some(*v),
+        other => meta_u64(other).map(|v| v as f64),
+    }
+}
+
+/// Builds a [`Config`] from GGUF metadata (`general.architecture`, `{arch}.block_count`, ...).
+pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| gguf_error(path, "missing `general.architecture`"))?
+        .clone();
+    let architecture = match arch.as_str() {
+        "llama" | "mistral" => Architecture::Llama,
+        "qwen2" => Architecture::Qwen2,
+        _ => {
+            return Err(Error::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                architecture: arch,
+            })
+        }
+    };
+    let get = |key: &str| content.metadata.get(&format!("{arch}.{key}"));
+    let need_usize = |key: &str| -> Result<usize> {
+        get(key)
+            .and_then(meta_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| gguf_error(path, format!("missing or non-integer `{arch}.{key}`")))
+    };
+    let hidden_size = need_usize("embedding_length")?;
+    let num_attention_heads = need_usize("attention.head_count")?;
+    let vocab_size = match get("vocab_size").and_then(meta_u64) {
+        Some(v) => v as usize,
+        None => content
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| v.len())
+            .or_else(|| content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]))
+            .ok_or_else(|| gguf_error(path, "cannot tell the vocabulary size"))?,
+    };
+    if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+        return Err(gguf_error(path, "embedding_length is not a multiple of head_count"));
+    }
+    Ok(Config {
+        architecture,
+        hidden_size,
+        intermediate_size: need_usize("feed_forward_length")?,
+        num_hidden_layers: need_usize("block_count")?,
+        num_attention_heads,
+        num_key_value_heads: get("attention.head_count_kv")
+            .and_then(meta_u64)
+            .map_or(num_attention_heads, |v| v as usize),
+        head_dim: get("attention.key_length")
+            .and_then(meta_u64)
+            .map_or(hidden_size / num_attention_heads, |v| v as usize),
+        vocab_size,
+        rms_norm_eps: get("attention.layer_norm_rms_epsilon")
+            .and_then(meta_f64)
+            .unwrap_or(1e-5),
+        rope_theta: get("rope.freq_base").and_then(meta_f64).unwrap_or(10000.0),
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: get("context_length")
+            .and_then(meta_u64)
+            .map_or(4096, |v| v as usize),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+    })
+}
+
+/// Maps a llama.cpp tensor name to its Hugging Face name.
+fn hf_name(gguf_name: &str) -> Option<String> {
+    let top = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = top {
+        return Some(name.to_string());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let hf_module = match module {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
+}
+
+/// Undoes llama.cpp's row permutation of q/k (its converter interleaves the two rotary halves
+/// of each head; HF keeps them as two blocks). Same as transformers' `reverse_permute_weights`.
+fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = tensor.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    tensor
+        .reshape((heads, rows / heads / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
+fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| gguf_error(path, e.to_string()))?;
+    let mut config = config_from_gguf(&content, path)?;
+    let mut tensors = HashMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let info = &content.tensor_infos[name];
+        let read = |reader: &mut BufReader<File>| -> candle_core::Result<Tensor> {
+            info.read(reader, content.tensor_data_offset, &Device::Cpu)?
+                .dequantize(&Device::Cpu)
+        };
+        let tensor = read(&mut reader).map_err(|e| Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{name}` ({:?}): {e}", info.ggml_dtype),
+        })?;
+        if name == "rope_freqs.weight" {
+            config.rope_scaling = RopeScaling::Factors(tensor.to_dtype(DType::F32)?.to_vec1()?);
+            continue;
+        }
+        let Some(hf) = hf_name(name) else {
+            tracing::debug!("ignoring GGUF tensor {name}");
+            continue;
+        };
+        // llama.cpp permutes q/k only for the llama architecture.
+        let tensor = match (config.architecture, hf.as_str()) {
+            (Architecture::Llama, n) if n.contains("self_attn.q_proj") => {
+                unpermute_rows(&tensor, config.num_attention_heads)?
+            }
+            (Architecture::Llama, n) if n.contains("self_attn.k_proj") => {
+                unpermute_rows(&tensor, config.num_key_value_heads)?
+            }
+            _ => tensor,
+        };
+        tensors.insert(hf, tensor.to_dtype(dtype)?.to_device(device)?);
+    }
+    Ok(LoadedWeights {
+        config,
+        tensors,
+        source: path.to_path_buf(),
+    })
+}
+
+/// The safetensors files of an HF directory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.is_file() {
+        return Err(Error::ModelPath {
+            path: dir.to_path_buf(),
+            reason: "no model.safetensors or model.safetensors.index.json in this directory"
+                .to_string(),
+        });
+    }
+    let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+    let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: index_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Config {
+            path: index_path.clone(),
+            reason: "missing `weight_map`".to_string(),
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(Error::ModelPath {
+            path: dir.to_path_buf(),
+            reason: "not a model directory: config.json is missing".to_string(),
+        });
+    }
+    let config = HfConfig::read(&config_path)?.into_config(&config_path)?;
+    let mut tensors = HashMap::new();
+    for file in safetensors_files(dir)? {
+        let loaded = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
+            Error::Weights {
+                path: file.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        for (name, tensor) in loaded {
+            tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
+        }
+    }
+    Ok(LoadedWeights {
+        config,
+        tensors,
+        source: dir.to_path_buf(),
+    })
+}
+
+/// A short identifier of the exact base weights: SHA-256 over the configuration's shape and the
+/// first rows of the token embedding. Two loads of the same file agree; another model, or the
+/// same model quantized differently, does not.
+pub fn fingerprint(config: &Config, embed_tokens: &Tensor) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(
+        format!(
+            "{:?} h{} i{} l{} a{} kv{} d{} v{}",
+            config.architecture,
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            config.vocab_size
+        )
+        .as_bytes(),
+    );
+    let rows = embed_tokens.dim(0)?.min(64);
+    let sample: Vec<f32> = embed_tokens
+        .narrow(0, 0, rows)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    for value in sample {
+        hasher.update(value.to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_gguf_names_to_hf() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("blk.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() -> candle_core::Result<()> {
+        // llama.cpp: w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)
+        let (heads, rows, cols) = (2, 8, 3);
+        let w = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)?.reshape((rows, cols))?;
+        let permuted = w
+            .reshape((heads, 2, rows / heads / 2, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, cols))?;
+        let back = unpermute_rows(&permuted, heads)?;
+        assert_eq!(back.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! LoRA adapters: configuration, PEFT-compatible initialisation, and the per-module update
+//! `scale · x·Aᵀ·Bᵀ` that [`crate::linear::Linear`] adds to the frozen output.
+//!
+//! Saving and loading in PEFT's format live in [`crate::adapter_io`].
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::model::Transformer;
+
+/// The modules a LoRA adapter attaches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetModules {
+    /// Every linear layer of the blocks (PEFT's `"all-linear"`; the LM head excluded).
+    AllLinear,
+    /// Modules whose last name component is in the list (`q_proj`, `v_proj`, ...).
+    Names(Vec<String>),
+}
+
+impl TargetModules {
+    /// Whether the module `name` (e.g. `q_proj`) is targeted.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::AllLinear => true,
+            Self::Names(names) => names.iter().any(|n| n == name),
+        }
+    }
+
+    /// Parses `all-linear` or a comma-separated list of module names.
+    pub fn parse(spec: &str) -> Self {
+        if spec.trim() == "all-linear" {
+            Self::AllLinear
+        } else {
+            Self::Names(
+                spec.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// LoRA hyperparameters, as in PEFT's `LoraConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    /// Rank of the update.
+    pub r: usize,
+    /// Scaling numerator: the update is multiplied by `alpha / r` (or `alpha / √r` with rsLoRA).
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training.
+    pub dropout: f64,
+    /// Which modules get an adapter.
+    pub target_modules: TargetModules,
+    /// Rank-stabilised scaling `alpha / √r`.
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    /// The seed recipe: r 8, alpha 16, dropout 0.05, all linear layers.
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: TargetModules::AllLinear,
+            use_rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The factor applied to `x·Aᵀ·Bᵀ`.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// The adapter of one linear module: `A: (r, in)`, `B: (out, r)`.
+#[derive(Debug, Clone)]
+pub struct LoraModule {
+    /// Down-projection `(r, in)`.
+    pub a: Tensor,
+    /// Up-projection `(out, r)`.
+    pub b: Tensor,
+    /// The scale applied to the product.
+    pub scale: f64,
+}
+
+impl LoraModule {
+    /// `scale · x·Aᵀ·Bᵀ` for `x: (.., in)` → `(.., out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let a = self.a.to_dtype(x.dtype())?;
+        let b = self.b.to_dtype(x.dtype())?;
+        x.broadcast_matmul(&a.t()?)?
+            .broadcast_matmul(&b.t()?)?
+            .affine(self.scale, 0.0)
+    }
+}
+
+/// A set of LoRA modules keyed by module path (`model.layers.0.self_attn.q_proj`).
+///
+/// Passed to [`Transformer::forward`] as an argument: the model never owns an adapter.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    config: LoraConfig,
+    modules: BTreeMap<String, LoraModule>,
+    /// Trainable parameters by PEFT key, empty for an adapter loaded for inference.
+    vars: Vec<(String, Var)>,
+    base_fingerprint: Option<String>,
+}
+
+/// The PEFT key of a module's A or B matrix.
+pub fn peft_key(module_path: &str, matrix: char) -> String {
+    format!("base_model.model.{module_path}.lora_{matrix}.weight")
+}
+
+impl LoraAdapter {
+    /// A new trainable adapter for `model`, initialised as PEFT does: `A` Kaiming-uniform
+    /// (a = √5, i.e. U(−1/√in, 1/√in)), `B` zeros. `seed` makes the initialisation reproducible.
+    pub fn init(
+        model: &Transformer,
+        config: LoraConfig,
+        seed: u64,
+        base_fingerprint: Option<String>,
+    ) -> Result<Self> {
+        let device = model.device();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut modules = BTreeMap::new();
+        let mut vars = Vec::new();
+        for linear in model.linears() {
+            if !config.target_modules.matches(linear.name()) {
+                continue;
+            }
+            let (out_features, in_features) = linear.shape();
+            let bound = 1.0 / (in_features as f64).sqrt();
+            let a_values: Vec<f32> = (0..config.r * in_features)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            let a = Var::from_tensor(&Tensor::from_vec(
+                a_values,
+                (config.r, in_features),
+                device,
+            )?)?;
+            let b = Var::zeros((out_features, config.r), DType::F32, device)?;
+            modules.insert(
+                linear.path().to_string(),
+                LoraModule {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: config.scale(),
+                },
+            );
+            vars.push((peft_key(linear.path(), 'A'), a));
+            vars.push((peft_key(linear.path(), 'B'), b));
+        }
+        if modules.is_empty() {
+            candle_core::bail!("LoRA target modules {:?} match no layer", config.target_modules);
+        }
+        Ok(Self {
+            config,
+            modules,
+            vars,
+            base_fingerprint,
+        })
+    }
+
+    /// An adapter from already-loaded matrices (`(module path, A, B)`), not trainable.
+    pub fn from_modules(
+        config: LoraConfig,
+        matrices: Vec<(String, Tensor, Tensor)>,
+        base_fingerprint: Option<String>,
+    ) -> Self {
+        let scale = config.scale();
+        let modules = matrices
+            .into_iter()
+            .map(|(path, a, b)| (path, LoraModule { a, b, scale }))
+            .collect();
+        Self {
+            config,
+            modules,
+            vars: Vec::new(),
+            base_fingerprint,
+        }
+    }
+
+    /// Makes every matrix a trainable variable (e.g. to resume training from a saved adapter).
+    pub fn into_trainable(self) -> Result<Self> {
+        let mut modules = BTreeMap::new();
+        let mut vars = Vec::new();
+        for (path, module) in self.modules {
+            let a = Var::from_tensor(&module.a.to_dtype(DType::F32)?)?;
+            let b = Var::from_tensor(&module.b.to_dtype(DType::F32)?)?;
+            vars.push((peft_key(&path, 'A'), a.clone()));
+            vars.push((peft_key(&path, 'B'), b.clone()));
+            modules.insert(
+                path,
+                LoraModule {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: module.scale,
+                },
+            );
+        }
+        Ok(Self {
+            modules,
+            vars,
+            ..self
+        })
+    }
+
+    /// The module at `path`, when the adapter targets it.
+    pub fn module(&self, path: &str) -> Option<&LoraModule> {
+        self.modules.get(path)
+    }
+
+    /// All modules by path.
+    pub fn modules(&self) -> &BTreeMap<String, LoraModule> {
+        &self.modules
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// Trainable variables by PEFT key (empty when loaded for inference).
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// The fingerprint of the base the adapter was made for, when known.
+    pub fn base_fingerprint(&self) -> Option<&str> {
+        self.base_fingerprint.as_deref()
+    }
+
+    /// Every matrix by PEFT key, as saved in `adapter_model.safetensors`.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.modules
+            .iter()
+            .flat_map(|(path, m)| {
+                [
+                    (peft_key(path, 'A'), m.a.clone()),
+                    (peft_key(path, 'B'), m.b.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Moves the adapter to `device` (inference copies only).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let modules = self
+            .modules
+            .iter()
+            .map(|(path, m)| {
+                Ok((
+                    path.clone(),
+                    LoraModule {
+                        a: m.a.to_device(device)?,
+                        b: m.b.to_device(device)?,
+                        scale: m.scale,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            config: self.config.clone(),
+            modules,
+            vars: Vec::new(),
+            base_fingerprint: self.base_fingerprint.clone(),
+        })
+    }
+}

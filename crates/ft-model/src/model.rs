@@ -1,0 +1,346 @@
+//! The llama-family transformer: one implementation for training (full sequences, gradients
+//! into LoRA) and for decoding (KV cache, batched rows of different lengths).
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::cache::{Cache, LayerCache};
+use crate::config::Config;
+use crate::linear::Linear;
+use crate::lora::LoraAdapter;
+use ft_kernels::{rms_norm, rope, RopeTables};
+
+/// What one forward pass reads: the new tokens of each row, their positions, and which keys
+/// (cached and new) each row may attend to.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// `(batch, seq)` u32 token ids.
+    pub tokens: Tensor,
+    /// `(batch, seq)` u32 RoPE positions of those tokens.
+    pub positions: Tensor,
+    /// `(batch, past + seq)` 0/1: which keys are real (not padding), cached ones first.
+    pub key_mask: Vec<Vec<u8>>,
+}
+
+impl Inputs {
+    /// Right-padded training rows: positions `0..seq`, keys masked by `attention_mask`
+    /// (`(batch, seq)` of 0/1, as HF's `attention_mask`).
+    pub fn from_attention_mask(tokens: &Tensor, attention_mask: &[Vec<u8>]) -> Result<Self> {
+        let (batch, seq) = tokens.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, tokens.device())?
+            .unsqueeze(0)?
+            .repeat((batch, 1))?;
+        Ok(Self {
+            tokens: tokens.clone(),
+            positions,
+            key_mask: attention_mask.to_vec(),
+        })
+    }
+}
+
+/// The additive attention bias `(batch, 1, 1, seq, past + seq)`: 0 where a query may look,
+/// a large negative number where the key is in the future or is padding.
+fn attention_bias(
+    key_mask: &[Vec<u8>],
+    seq: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let batch = key_mask.len();
+    let total = key_mask.first().map_or(0, Vec::len);
+    let past = total.saturating_sub(seq);
+    // Not -inf: a row whose keys are all masked (a left-padding query) must not become NaN.
+    const MASKED: f32 = -1e30;
+    let mut bias = vec![0f32; batch * seq * total];
+    for (row, keys) in key_mask.iter().enumerate() {
+        if keys.len() != total {
+            candle_core::bail!("key_mask rows have different lengths");
+        }
+        for query in 0..seq {
+            let offset = (row * seq + query) * total;
+            for (key, &real) in keys.iter().enumerate() {
+                if key > past + query || real == 0 {
+                    bias[offset + key] = MASKED;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(bias, (batch, 1, 1, seq, total), device)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension: candle's fused kernel when no gradient flows, the
+/// differentiable composition otherwise.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// Grouped-query self-attention with RoPE.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Loads `q/k/v/o_proj` under `vb` (`model.layers.N.self_attn`).
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: Linear::load(vb.pp("q_proj"), cfg.hidden_size, h * d, bias, path)?,
+            k_proj: Linear::load(vb.pp("k_proj"), cfg.hidden_size, kv * d, bias, path)?,
+            v_proj: Linear::load(vb.pp("v_proj"), cfg.hidden_size, kv * d, bias, path)?,
+            o_proj: Linear::load(vb.pp("o_proj"), h * d, cfg.hidden_size, false, path)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// The four projections, for LoRA targeting.
+    pub fn linears(&self) -> [&Linear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    }
+
+    /// # Shapes
+    /// `x: (batch, seq, hidden)`, `cos/sin: (batch, seq, head_dim/2)`,
+    /// `bias: (batch, 1, 1, seq, past + seq)` → `(batch, seq, hidden)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut LayerCache>,
+        lora: Option<&LoraAdapter>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            proj.forward(x, lora)?
+                .reshape((b, t, n, d))?
+                .transpose(1, 2)?
+                .contiguous() // (b, n, t, d)
+        };
+        let q = rope(&heads(&self.q_proj, h)?, cos, sin)?;
+        let k = rope(&heads(&self.k_proj, kvh)?, cos, sin)?;
+        let v = heads(&self.v_proj, kvh)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        }; // (b, kvh, total, d)
+        let total = k.dim(2)?;
+        // Group the query heads that share a kv head instead of copying k/v per query head.
+        let n_rep = h / kvh;
+        let q = q.reshape((b, kvh, n_rep * t, d))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (b, kvh, n_rep*t, total)
+        let scores = scores
+            .reshape((b, kvh, n_rep, t, total))?
+            .broadcast_add(bias)?;
+        let probs = softmax_last_dim(&scores)?.reshape((b, kvh, n_rep * t, total))?;
+        let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, n_rep*t, d)
+        let out = out
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
+        self.o_proj.forward(&out, lora)
+    }
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Loads `gate/up/down_proj` under `vb` (`model.layers.N.mlp`).
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+        let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::load(vb.pp("gate_proj"), hidden, inter, false, path)?,
+            up_proj: Linear::load(vb.pp("up_proj"), hidden, inter, false, path)?,
+            down_proj: Linear::load(vb.pp("down_proj"), inter, hidden, false, path)?,
+        })
+    }
+
+    /// The three projections, for LoRA targeting.
+    pub fn linears(&self) -> [&Linear; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
+    /// `x: (batch, seq, hidden)` → `(batch, seq, hidden)`.
+    pub fn forward(&self, x: &Tensor, lora: Option<&LoraAdapter>) -> Result<Tensor> {
+        let gate = candle_nn::Activation::Silu.forward(&self.gate_proj.forward(x, lora)?)?;
+        let up = self.up_proj.forward(x, lora)?;
+        self.down_proj.forward(&(gate * up)?, lora)
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+    rms_norm_eps: f64,
+}
+
+impl Block {
+    /// Loads block `vb` (`model.layers.N`).
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        Ok(Self {
+            input_layernorm: vb.pp("input_layernorm").get(hidden, "weight")?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg, &format!("{path}.self_attn"))?,
+            post_attention_layernorm: vb.pp("post_attention_layernorm").get(hidden, "weight")?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, &format!("{path}.mlp"))?,
+            rms_norm_eps: cfg.rms_norm_eps,
+        })
+    }
+
+    /// `x: (batch, seq, hidden)` → `(batch, seq, hidden)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut LayerCache>,
+        lora: Option<&LoraAdapter>,
+    ) -> Result<Tensor> {
+        let normed = rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
+        let x = (x + self.self_attn.forward(&normed, cos, sin, bias, cache, lora)?)?;
+        let normed = rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
+        x + self.mlp.forward(&normed, lora)?
+    }
+}
+
+/// A llama-family causal language model.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: RopeTables,
+    config: Config,
+}
+
+impl Transformer {
+    /// Loads the model from HF-named weights in `vb` (`model.embed_tokens.weight`, ...).
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let embed_tokens = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let path = format!("model.layers.{i}");
+                Block::load(vb.pp(&path), cfg, &path)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") && !cfg.tie_word_embeddings {
+            vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?
+        } else {
+            embed_tokens.clone()
+        };
+        let max_positions = cfg.max_position_embeddings.max(1);
+        let rope = RopeTables::new(&cfg.rope_inv_freq(), max_positions, vb.dtype(), vb.device())?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: vb.pp("model.norm").get(cfg.hidden_size, "weight")?,
+            lm_head,
+            rope,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The token embedding matrix `(vocab, hidden)`.
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Every linear layer with its module path, in model order (for LoRA targeting).
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.layers
+            .iter()
+            .flat_map(|block| {
+                let attn = block.self_attn.linears();
+                let mlp = block.mlp.linears();
+                attn.into_iter().chain(mlp)
+            })
+            .collect()
+    }
+
+    /// A fresh KV cache for this model.
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(self.layers.len())
+    }
+
+    /// Runs the blocks and the final norm: `(batch, seq, hidden)` hidden states of the new
+    /// tokens. With a cache, earlier tokens are read from it and the new ones appended.
+    pub fn forward_hidden(
+        &self,
+        inputs: &Inputs,
+        mut cache: Option<&mut Cache>,
+        lora: Option<&LoraAdapter>,
+    ) -> Result<Tensor> {
+        let (batch, seq) = inputs.tokens.dims2()?;
+        let max_position = inputs.positions.max_all()?.to_scalar::<u32>()? as usize;
+        if max_position >= self.rope.max_positions() {
+            candle_core::bail!(
+                "position {max_position} is past the model's context of {} tokens",
+                self.rope.max_positions()
+            );
+        }
+        let mut x = self
+            .embed_tokens
+            .index_select(&inputs.tokens.flatten_all()?, 0)?
+            .reshape((batch, seq, self.config.hidden_size))?;
+        let (cos, sin) = self.rope.gather(&inputs.positions)?;
+        let bias = attention_bias(&inputs.key_mask, seq, x.dtype(), x.device())?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = block.forward(&x, &cos, &sin, &bias, layer_cache, lora)?;
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Projects hidden states `(.., hidden)` to vocabulary logits `(.., vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        ft_kernels::frozen_linear(hidden, &self.lm_head)
+    }
+
+    /// Logits `(batch, seq, vocab)` for every new token.
+    pub fn forward(
+        &self,
+        inputs: &Inputs,
+        cache: Option<&mut Cache>,
+        lora: Option<&LoraAdapter>,
+    ) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(inputs, cache, lora)?)
+    }
+}
