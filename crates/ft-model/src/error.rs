@@ -74,6 +74,9 @@ pub enum Error {
         /// The fingerprint of the loaded model.
         actual: String,
     },
+    /// Tokenizing or templating failed.
+    #[error(transparent)]
+    Data(#[from] ft_data::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -27,6 +27,7 @@ pub mod loader;
 pub mod lora;
 pub mod model;
 pub mod pretrained;
+pub mod text;
 
 pub use cache::Cache;
 pub use config::{Architecture, Config};
@@ -34,3 +35,4 @@ pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraConfig, TargetModules};
 pub use model::{Inputs, Transformer};
 pub use pretrained::Model;
+pub use text::TextModel;

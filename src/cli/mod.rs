@@ -1,0 +1,42 @@
+//! Subcommands, one file each.
+
+use clap::{Parser, Subcommand};
+
+mod common;
+mod generate;
+mod score;
+
+/// Fine-tune LoRA adapters on a frozen base model and serve them.
+#[derive(Debug, Parser)]
+#[command(name = "ft", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an answer to a prompt (chat template applied unless --raw).
+    Generate(generate::Args),
+    /// Per-token negative log-likelihood of a text.
+    Score(score::Args),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}
