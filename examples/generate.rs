@@ -4,6 +4,8 @@
 //! scripts/fetch-model.sh && cargo run --release --example generate -- "What is 2 + 2?"
 //! ```
 
+#![expect(clippy::print_stdout, reason = "an example prints its answer")]
+
 use ft::model::{text::TextRequest, TextModel};
 
 fn main() -> anyhow::Result<()> {

@@ -35,7 +35,8 @@ fn looks_like_hub_id(spec: &str) -> bool {
     let valid = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     valid(owner) && valid(name) && !name.ends_with(".gguf")
 }
@@ -47,7 +48,8 @@ fn looks_like_hub_id(spec: &str) -> bool {
 /// `HF_HUB_OFFLINE=1`, in which case only the local cache is consulted.
 pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf, ResolveError> {
     let Some(spec) = spec else {
-        let path = PathBuf::from(std::env::var("FT_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.into()));
+        let path =
+            PathBuf::from(std::env::var("FT_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.into()));
         return if path.exists() {
             Ok(path)
         } else {
@@ -75,13 +77,17 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf, ResolveError> {
             hf_hub::Cache::from_env()
                 .model(id.to_string())
                 .get(file)
-                .ok_or_else(|| format!("{file} is not in the local cache and HF_HUB_OFFLINE is set"))
+                .ok_or_else(|| {
+                    format!("{file} is not in the local cache and HF_HUB_OFFLINE is set")
+                })
         } else {
             let api = hf_hub::api::sync::ApiBuilder::from_env()
                 .with_progress(false)
                 .build()
                 .map_err(|e| e.to_string())?;
-            api.model(id.to_string()).get(file).map_err(|e| e.to_string())
+            api.model(id.to_string())
+                .get(file)
+                .map_err(|e| e.to_string())
         }
     };
     let config = get("config.json").map_err(hub_error)?;

@@ -41,9 +41,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Template(format!("does not compile: {e}")))?;
         Ok(Self {
@@ -81,14 +84,19 @@ mod tests {
     fn renders_chatml_with_python_methods() -> Result<()> {
         let template = ChatTemplate::new(CHATML, "<|im_start|>", "<|im_end|>")?;
         let text = template.render(&[Message::new("user", " Hi ")], true)?;
-        assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            text,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         Ok(())
     }
 
     #[test]
     fn raise_exception_becomes_an_error() -> Result<()> {
         let template = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "")?;
-        let err = template.render(&[], false).expect_err("the template raises");
+        let err = template
+            .render(&[], false)
+            .expect_err("the template raises");
         assert!(err.to_string().contains("no system role"), "{err}");
         Ok(())
     }

@@ -113,8 +113,12 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let content = Content::read(&mut BufReader::new(file))
-            .map_err(|e| tokenizer_error(path, format!("not a readable GGUF file: {e}")))?;
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            tokenizer_error(
+                path,
+                format!("not a readable GGUF file: {}", ft_core::error::one_line(&e)),
+            )
+        })?;
         Self::from_gguf_content(&content, path)
     }
 
@@ -236,7 +240,10 @@ impl Tokenizer {
         };
         let token_field = |name: &str| match config.get(name) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(obj) => obj.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(obj) => obj
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             None => None,
         };
         let chat_template = match config.get("chat_template") {
@@ -244,7 +251,11 @@ impl Tokenizer {
             Some(serde_json::Value::Array(items)) => items
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template").and_then(|t| t.as_str()).map(str::to_string)),
+                .and_then(|t| {
+                    t.get("template")
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string)
+                }),
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
         let eos_token = token_field("eos_token");
@@ -273,7 +284,11 @@ impl Tokenizer {
             .map_err(|e| Error::Encode(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
         if add_special_tokens && self.add_bos {
-            if let Some(bos) = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t)) {
+            if let Some(bos) = self
+                .bos_token
+                .as_deref()
+                .and_then(|t| self.inner.token_to_id(t))
+            {
                 ids.insert(0, bos);
             }
         }

@@ -23,7 +23,10 @@ fn smollm2() -> Option<PathBuf> {
         "{} is missing: run scripts/fetch-model.sh",
         path.display()
     );
-    eprintln!("skipping: {} is missing (run scripts/fetch-model.sh)", path.display());
+    eprintln!(
+        "skipping: {} is missing (run scripts/fetch-model.sh)",
+        path.display()
+    );
     None
 }
 
@@ -50,21 +53,30 @@ fn read_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
 
 #[test]
 fn token_ids_equal_transformers() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let tokenizer = Tokenizer::load(&model)?;
     let cases: Vec<TokenCase> = read_json("tokens.json")?;
     assert!(cases.len() >= 6);
     for case in cases {
         let ids = tokenizer.encode(&case.text, false)?;
         assert_eq!(ids, case.ids, "{}: {:?}", case.name, case.text);
-        assert_eq!(tokenizer.decode(&ids, false)?, case.decoded, "{}", case.name);
+        assert_eq!(
+            tokenizer.decode(&ids, false)?,
+            case.decoded,
+            "{}",
+            case.name
+        );
     }
     Ok(())
 }
 
 #[test]
 fn chat_template_renders_as_transformers() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let tokenizer = Tokenizer::load(&model)?;
     let template = tokenizer.chat_template()?;
     let cases: Vec<GenerateCase> = read_json("generate.json")?;
@@ -83,8 +95,13 @@ fn unsupported_or_corrupt_gguf_is_a_clear_error() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let bad = dir.join("garbage.gguf");
     std::fs::write(&bad, b"this is not a gguf file at all")?;
-    let err = Tokenizer::load(&bad).expect_err("garbage is refused").to_string();
-    assert!(err.contains("garbage.gguf") && err.contains("GGUF"), "{err}");
+    let err = Tokenizer::load(&bad)
+        .expect_err("garbage is refused")
+        .to_string();
+    assert!(
+        err.contains("garbage.gguf") && err.contains("GGUF"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -88,7 +88,10 @@ mod tests {
         );
         let diff = (gx_ours - gx_plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "dX differs by {diff}");
-        assert!(grads_ours.get(&w).is_none(), "the frozen weight got a gradient");
+        assert!(
+            grads_ours.get(&w).is_none(),
+            "the frozen weight got a gradient"
+        );
         Ok(())
     }
 }

@@ -16,9 +16,7 @@ pub fn masked_cross_entropy(
     mask: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    let picked = log_probs
-        .gather(&labels.unsqueeze(1)?, 1)?
-        .squeeze(1)?; // (n)
+    let picked = log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?; // (n)
     let nll = picked.neg()?.mul(mask)?;
     let count = mask.sum_all()?.to_scalar::<f32>()?;
     if count == 0.0 {

@@ -39,8 +39,14 @@ impl RopeTables {
         let (batch, seq) = positions.dims2()?;
         let flat = positions.flatten_all()?;
         let half = self.cos.dim(1)?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((batch, seq, half))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((batch, seq, half))?;
+        let cos = self
+            .cos
+            .index_select(&flat, 0)?
+            .reshape((batch, seq, half))?;
+        let sin = self
+            .sin
+            .index_select(&flat, 0)?
+            .reshape((batch, seq, half))?;
         Ok((cos, sin))
     }
 }
@@ -52,7 +58,11 @@ impl RopeTables {
 /// primitives otherwise.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
-        return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?);
+        return candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+        );
     }
     let head_dim = x.dim(D::Minus1)?;
     let half = head_dim / 2;
@@ -73,7 +83,9 @@ mod tests {
     #[test]
     fn fused_and_composed_agree_and_grad_flows() -> Result<()> {
         let device = Device::Cpu;
-        let inv_freq: Vec<f32> = (0..4).map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0)).collect();
+        let inv_freq: Vec<f32> = (0..4)
+            .map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0))
+            .collect();
         let tables = RopeTables::new(&inv_freq, 16, DType::F32, &device)?;
         let positions = Tensor::new(&[[0u32, 1, 2], [5, 6, 7]], &device)?;
         let (cos, sin) = tables.gather(&positions)?;

@@ -80,9 +80,8 @@ pub fn save_adapter(adapter: &LoraAdapter, dir: &Path, base_model: &str) -> Resu
         "layers_pattern": null,
         "revision": null,
     });
-    let text = serde_json::to_string_pretty(&config_json).map_err(|e| {
-        adapter_error(dir, format!("cannot serialise the adapter config: {e}"))
-    })?;
+    let text = serde_json::to_string_pretty(&config_json)
+        .map_err(|e| adapter_error(dir, format!("cannot serialise the adapter config: {e}")))?;
     write_atomically(&dir.join(CONFIG_FILE), text.as_bytes())?;
 
     let tensors = adapter
@@ -112,13 +111,20 @@ fn parse_config(dir: &Path, value: &Value) -> Result<LoraConfig> {
     let field = |name: &str| value.get(name).filter(|v| !v.is_null());
     let peft_type = field("peft_type").and_then(Value::as_str).unwrap_or("LORA");
     if peft_type != "LORA" {
-        return Err(adapter_error(dir, format!("{CONFIG_FILE}: peft_type is \"{peft_type}\"; only LORA is supported")));
+        return Err(adapter_error(
+            dir,
+            format!("{CONFIG_FILE}: peft_type is \"{peft_type}\"; only LORA is supported"),
+        ));
     }
     let r = field("r")
         .and_then(Value::as_u64)
         .filter(|r| *r > 0)
-        .ok_or_else(|| adapter_error(dir, format!("{CONFIG_FILE}: `r` must be a positive integer")))?
-        as usize;
+        .ok_or_else(|| {
+            adapter_error(
+                dir,
+                format!("{CONFIG_FILE}: `r` must be a positive integer"),
+            )
+        })? as usize;
     let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
     let dropout = field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let target_modules = match field("target_modules") {
@@ -142,22 +148,53 @@ fn parse_config(dir: &Path, value: &Value) -> Result<LoraConfig> {
         None => TargetModules::AllLinear,
     };
     let unsupported = [
-        ("use_dora", field("use_dora").and_then(Value::as_bool) == Some(true)),
-        ("bias", field("bias").and_then(Value::as_str).is_some_and(|b| b != "none")),
-        ("fan_in_fan_out", field("fan_in_fan_out").and_then(Value::as_bool) == Some(true)),
-        ("modules_to_save", field("modules_to_save").and_then(Value::as_array).is_some_and(|a| !a.is_empty())),
-        ("rank_pattern", field("rank_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())),
-        ("alpha_pattern", field("alpha_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())),
+        (
+            "use_dora",
+            field("use_dora").and_then(Value::as_bool) == Some(true),
+        ),
+        (
+            "bias",
+            field("bias")
+                .and_then(Value::as_str)
+                .is_some_and(|b| b != "none"),
+        ),
+        (
+            "fan_in_fan_out",
+            field("fan_in_fan_out").and_then(Value::as_bool) == Some(true),
+        ),
+        (
+            "modules_to_save",
+            field("modules_to_save")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty()),
+        ),
+        (
+            "rank_pattern",
+            field("rank_pattern")
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty()),
+        ),
+        (
+            "alpha_pattern",
+            field("alpha_pattern")
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty()),
+        ),
     ];
     if let Some((name, _)) = unsupported.iter().find(|(_, used)| *used) {
-        return Err(adapter_error(dir, format!("{CONFIG_FILE}: `{name}` is set; ft does not support it yet")));
+        return Err(adapter_error(
+            dir,
+            format!("{CONFIG_FILE}: `{name}` is set; ft does not support it yet"),
+        ));
     }
     Ok(LoraConfig {
         r,
         alpha,
         dropout,
         target_modules,
-        use_rslora: field("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        use_rslora: field("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
@@ -247,11 +284,19 @@ pub fn load_adapter(
     for (module, pair) in pairs {
         match pair {
             (Some(a), Some(b)) => matrices.push((module, a, b)),
-            _ => return Err(adapter_error(dir, format!("{WEIGHTS_FILE}: `{module}` has only one of lora_A/lora_B"))),
+            _ => {
+                return Err(adapter_error(
+                    dir,
+                    format!("{WEIGHTS_FILE}: `{module}` has only one of lora_A/lora_B"),
+                ))
+            }
         }
     }
     if matrices.is_empty() {
-        return Err(adapter_error(dir, format!("{WEIGHTS_FILE}: holds no LoRA weights")));
+        return Err(adapter_error(
+            dir,
+            format!("{WEIGHTS_FILE}: holds no LoRA weights"),
+        ));
     }
     Ok(LoraAdapter::from_modules(config, matrices, recorded))
 }

@@ -224,7 +224,7 @@ impl HfConfig {
             }
         };
         let heads = self.num_attention_heads;
-        if heads == 0 || self.hidden_size % heads != 0 {
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 reason: format!(

@@ -78,7 +78,7 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] ft_data::Error),
     /// A tensor operation failed.
-    #[error(transparent)]
+    #[error("{}", ft_core::error::one_line(.0))]
     Candle(#[from] candle_core::Error),
 }
 

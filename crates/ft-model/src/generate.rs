@@ -131,7 +131,11 @@ pub fn generate(
         let pad = longest - prompt.len();
         tokens.extend(std::iter::repeat_n(0u32, pad).chain(prompt.iter().copied()));
         positions.extend((0..longest).map(|i| i.saturating_sub(pad) as u32));
-        key_mask.push((0..longest).map(|i| u8::from(i >= pad)).collect::<Vec<u8>>());
+        key_mask.push(
+            (0..longest)
+                .map(|i| u8::from(i >= pad))
+                .collect::<Vec<u8>>(),
+        );
     }
     let mut inputs = Inputs {
         tokens: Tensor::from_vec(tokens, (batch, longest), device)?,
@@ -181,14 +185,21 @@ pub fn generate(
 
 /// Negative log-likelihood of each token given the ones before it: `nll[i]` is for
 /// `tokens[i + 1]`. One row, no padding.
-pub fn token_nll(model: &Transformer, tokens: &[u32], lora: Option<&LoraAdapter>) -> Result<Vec<f32>> {
+pub fn token_nll(
+    model: &Transformer,
+    tokens: &[u32],
+    lora: Option<&LoraAdapter>,
+) -> Result<Vec<f32>> {
     if tokens.len() < 2 {
         candle_core::bail!("scoring needs at least two tokens, got {}", tokens.len());
     }
     let n = tokens.len();
     let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
     let inputs = Inputs::from_attention_mask(&input, &[vec![1u8; n]])?;
-    let logits = model.forward(&inputs, None, lora)?.squeeze(0)?.to_dtype(DType::F32)?;
+    let logits = model
+        .forward(&inputs, None, lora)?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits.narrow(0, 0, n - 1)?, D::Minus1)?;
     let targets = Tensor::new(&tokens[1..], model.device())?.unsqueeze(1)?;
     log_probs.gather(&targets, 1)?.squeeze(1)?.neg()?.to_vec1()
@@ -201,7 +212,10 @@ mod tests {
     #[test]
     fn greedy_is_argmax_and_top_k_one_is_greedy() {
         let logits = [0.1f32, 2.0, -1.0, 1.5];
-        assert_eq!(LogitsProcessor::new(SamplingParams::default()).sample(&logits), 1);
+        assert_eq!(
+            LogitsProcessor::new(SamplingParams::default()).sample(&logits),
+            1
+        );
         let mut sampler = LogitsProcessor::new(SamplingParams {
             temperature: 1.0,
             top_k: 1,

@@ -23,7 +23,12 @@ impl Linear {
         bias: bool,
         parent: &str,
     ) -> Result<Self> {
-        let name = vb.prefix().rsplit('.').next().unwrap_or_default().to_string();
+        let name = vb
+            .prefix()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let weight = vb.get((out_features, in_features), "weight")?;
         let bias = if bias {
             Some(vb.get(out_features, "bias")?)

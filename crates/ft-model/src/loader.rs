@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Architecture, Config, HfConfig, RopeScaling};
 use crate::{Error, Result};
+use ft_core::error::one_line;
 
 /// A model's configuration and weights, named as in Hugging Face checkpoints.
 pub struct LoadedWeights {
@@ -39,16 +40,24 @@ pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<Loaded
 pub fn read_gguf_content(path: &Path) -> Result<Content> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
-    Content::read(&mut reader).map_err(|e| Error::Gguf {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    Content::read(&mut reader).map_err(|e| gguf_error(path, describe_gguf_error(&e)))
 }
 
 fn gguf_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Gguf {
         path: path.to_path_buf(),
         reason: reason.into(),
+    }
+}
+
+/// candle's GGUF errors as one line, with the unknown-type case spelled out.
+fn describe_gguf_error(err: &candle_core::Error) -> String {
+    let message = one_line(err);
+    match message.strip_prefix("unknown dtype for tensor ") {
+        Some(type_id) => format!(
+            "ggml tensor type {type_id} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q8_K)"
+        ),
+        None => message,
     }
 }
 
@@ -108,11 +117,19 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
             .map(|v| v.len())
-            .or_else(|| content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]))
+            .or_else(|| {
+                content
+                    .tensor_infos
+                    .get("token_embd.weight")
+                    .map(|t| t.shape.dims()[0])
+            })
             .ok_or_else(|| gguf_error(path, "cannot tell the vocabulary size"))?,
     };
-    if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-        return Err(gguf_error(path, "embedding_length is not a multiple of head_count"));
+    if num_attention_heads == 0 || !hidden_size.is_multiple_of(num_attention_heads) {
+        return Err(gguf_error(
+            path,
+            "embedding_length is not a multiple of head_count",
+        ));
     }
     Ok(Config {
         architecture,
@@ -185,7 +202,8 @@ fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> 
 fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| gguf_error(path, e.to_string()))?;
+    let content =
+        Content::read(&mut reader).map_err(|e| gguf_error(path, describe_gguf_error(&e)))?;
     let mut config = config_from_gguf(&content, path)?;
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -198,7 +216,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights
         };
         let tensor = read(&mut reader).map_err(|e| Error::Weights {
             path: path.to_path_buf(),
-            reason: format!("tensor `{name}` ({:?}): {e}", info.ggml_dtype),
+            reason: format!("tensor `{name}` ({:?}): {}", info.ggml_dtype, one_line(&e)),
         })?;
         if name == "rope_freqs.weight" {
             config.rope_scaling = RopeScaling::Factors(tensor.to_dtype(DType::F32)?.to_vec1()?);
@@ -274,12 +292,11 @@ fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedWeight
     let config = HfConfig::read(&config_path)?.into_config(&config_path)?;
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
-        let loaded = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
-            Error::Weights {
+        let loaded =
+            candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::Weights {
                 path: file.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+                reason: one_line(&e),
+            })?;
         for (name, tensor) in loaded {
             tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
         }
@@ -337,7 +354,10 @@ mod tests {
             hf_name("blk.0.ffn_norm.weight").as_deref(),
             Some("model.layers.0.post_attention_layernorm.weight")
         );
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
         assert_eq!(hf_name("blk.0.unknown.weight"), None);
     }
 

@@ -161,7 +161,10 @@ impl LoraAdapter {
             vars.push((peft_key(linear.path(), 'B'), b));
         }
         if modules.is_empty() {
-            candle_core::bail!("LoRA target modules {:?} match no layer", config.target_modules);
+            candle_core::bail!(
+                "LoRA target modules {:?} match no layer",
+                config.target_modules
+            );
         }
         Ok(Self {
             config,

@@ -93,7 +93,11 @@ pub struct Attention {
 impl Attention {
     /// Loads `q/k/v/o_proj` under `vb` (`model.layers.N.self_attn`).
     pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let bias = cfg.attention_bias;
         Ok(Self {
             q_proj: Linear::load(vb.pp("q_proj"), cfg.hidden_size, h * d, bias, path)?,
@@ -222,7 +226,9 @@ impl Block {
         lora: Option<&LoraAdapter>,
     ) -> Result<Tensor> {
         let normed = rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let x = (x + self.self_attn.forward(&normed, cos, sin, bias, cache, lora)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&normed, cos, sin, bias, cache, lora)?)?;
         let normed = rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
         x + self.mlp.forward(&normed, lora)?
     }
@@ -252,7 +258,8 @@ impl Transformer {
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if vb.contains_tensor("lm_head.weight") && !cfg.tie_word_embeddings {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            vb.pp("lm_head")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
         } else {
             embed_tokens.clone()
         };

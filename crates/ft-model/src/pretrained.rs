@@ -31,7 +31,7 @@ impl Model {
         let vb = VarBuilder::from_tensors(weights.tensors, dtype, device);
         let transformer = Transformer::load(vb, &weights.config).map_err(|e| Error::Weights {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: ft_core::error::one_line(&e),
         })?;
         let fingerprint = fingerprint(&weights.config, transformer.embed_tokens())?;
         Ok(Self {

@@ -49,8 +49,9 @@ pub struct TextRequest {
 impl TextModel {
     /// Loads weights and tokenizer from one GGUF file or HF directory.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let tokenizer = Tokenizer::load(path)?;
+        // Weights first: an unsupported architecture or quantization is the more useful error.
         let model = Model::load(path, device)?;
+        let tokenizer = Tokenizer::load(path)?;
         Ok(Self { model, tokenizer })
     }
 

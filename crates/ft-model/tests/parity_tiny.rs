@@ -17,7 +17,9 @@ const LOGITS_ABS_TOL: f32 = 1e-5;
 const GRAD_REL_TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn reference(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -27,9 +29,7 @@ fn reference(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Inputs and the attention mask rows from a reference file.
 fn inputs_of(reference: &HashMap<String, Tensor>) -> Result<(Inputs, Vec<Vec<u8>>)> {
     let ids = reference["input_ids"].to_dtype(DType::U32)?;
-    let mask: Vec<Vec<u8>> = reference["attention_mask"]
-        .to_dtype(DType::U8)?
-        .to_vec2()?;
+    let mask: Vec<Vec<u8>> = reference["attention_mask"].to_dtype(DType::U8)?.to_vec2()?;
     Ok((Inputs::from_attention_mask(&ids, &mask)?, mask))
 }
 
@@ -56,24 +56,37 @@ fn assert_logits_match(model_dir: &Path, reference_file: &Path) -> Result<()> {
     let (inputs, mask) = inputs_of(&reference)?;
     let logits = model.transformer.forward(&inputs, None, None)?;
     let diff = max_diff_on_mask(&logits, &reference["logits"], &mask)?;
-    assert!(diff < LOGITS_ABS_TOL, "{}: logits differ by {diff}", model_dir.display());
+    assert!(
+        diff < LOGITS_ABS_TOL,
+        "{}: logits differ by {diff}",
+        model_dir.display()
+    );
     Ok(())
 }
 
 #[test]
 fn llama_logits_match_transformers_from_sharded_safetensors() -> Result<()> {
     assert!(fixture("tiny-llama/model/model.safetensors.index.json").is_file());
-    assert_logits_match(&fixture("tiny-llama/model"), &fixture("tiny-llama/reference.safetensors"))
+    assert_logits_match(
+        &fixture("tiny-llama/model"),
+        &fixture("tiny-llama/reference.safetensors"),
+    )
 }
 
 #[test]
 fn llama3_rope_scaling_logits_match_transformers() -> Result<()> {
-    assert_logits_match(&fixture("tiny-llama3/model"), &fixture("tiny-llama3/reference.safetensors"))
+    assert_logits_match(
+        &fixture("tiny-llama3/model"),
+        &fixture("tiny-llama3/reference.safetensors"),
+    )
 }
 
 #[test]
 fn qwen2_logits_match_transformers() -> Result<()> {
-    assert_logits_match(&fixture("tiny-qwen2/model"), &fixture("tiny-qwen2/reference.safetensors"))
+    assert_logits_match(
+        &fixture("tiny-qwen2/model"),
+        &fixture("tiny-qwen2/reference.safetensors"),
+    )
 }
 
 #[test]
@@ -88,7 +101,10 @@ fn transformers_v5_rope_parameters_config_gives_same_logits() -> Result<()> {
             fixture(&format!("{name}/config.rope_parameters.json")),
             dir.path().join("config.json"),
         )?;
-        assert_logits_match(dir.path(), &fixture(&format!("{name}/reference.safetensors")))?;
+        assert_logits_match(
+            dir.path(),
+            &fixture(&format!("{name}/reference.safetensors")),
+        )?;
     }
     Ok(())
 }
@@ -96,9 +112,14 @@ fn transformers_v5_rope_parameters_config_gives_same_logits() -> Result<()> {
 /// HF's causal-LM loss: position i predicts labels[i + 1]; labels of -100 are ignored.
 fn hf_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (batch, seq, vocab) = logits.dims3()?;
-    let shifted_logits = logits.narrow(1, 0, seq - 1)?.reshape((batch * (seq - 1), vocab))?;
+    let shifted_logits = logits
+        .narrow(1, 0, seq - 1)?
+        .reshape((batch * (seq - 1), vocab))?;
     let shifted: Vec<i64> = labels.narrow(1, 1, seq - 1)?.flatten_all()?.to_vec1()?;
-    let mask: Vec<f32> = shifted.iter().map(|&l| f32::from(u8::from(l >= 0))).collect();
+    let mask: Vec<f32> = shifted
+        .iter()
+        .map(|&l| f32::from(u8::from(l >= 0)))
+        .collect();
     let targets: Vec<u32> = shifted.iter().map(|&l| l.max(0) as u32).collect();
     let n = targets.len();
     let (loss, _) = ft_kernels::masked_cross_entropy(
@@ -121,9 +142,15 @@ fn lora_loss_logits_and_grads_match_peft() -> Result<()> {
     let adapter = model
         .load_adapter(&fixture("tiny-llama/adapter"), &LoadOptions::default())?
         .into_trainable()?;
-    assert_eq!(adapter.vars().len(), 2 * 7 * 2, "2 layers x 7 modules x (A, B)");
+    assert_eq!(
+        adapter.vars().len(),
+        2 * 7 * 2,
+        "2 layers x 7 modules x (A, B)"
+    );
     let reference = reference(&fixture("tiny-llama/lora_reference.safetensors"))?;
-    let (inputs, mask) = inputs_of(&self::reference(&fixture("tiny-llama/reference.safetensors"))?)?;
+    let (inputs, mask) = inputs_of(&self::reference(&fixture(
+        "tiny-llama/reference.safetensors",
+    ))?)?;
     let logits = model.transformer.forward(&inputs, None, Some(&adapter))?;
     let diff = max_diff_on_mask(&logits, &reference["logits"], &mask)?;
     assert!(diff < LOGITS_ABS_TOL, "LoRA logits differ by {diff}");
@@ -142,7 +169,10 @@ fn lora_loss_logits_and_grads_match_peft() -> Result<()> {
         assert!(norm > 0.0, "{key} has an all-zero gradient");
         let peft = &reference[&format!("grad.{key}")];
         let rel = rel_diff(grad, peft)?;
-        assert!(rel < GRAD_REL_TOL, "{key}: gradient differs from PEFT by {rel} (relative)");
+        assert!(
+            rel < GRAD_REL_TOL,
+            "{key}: gradient differs from PEFT by {rel} (relative)"
+        );
     }
     Ok(())
 }
@@ -150,10 +180,15 @@ fn lora_loss_logits_and_grads_match_peft() -> Result<()> {
 #[test]
 fn rslora_scaling_matches_peft() -> Result<()> {
     let model = Model::load(&fixture("tiny-llama/model"), &Device::Cpu)?;
-    let adapter = model.load_adapter(&fixture("tiny-llama/adapter-rslora"), &LoadOptions::default())?;
+    let adapter = model.load_adapter(
+        &fixture("tiny-llama/adapter-rslora"),
+        &LoadOptions::default(),
+    )?;
     assert!(adapter.config().use_rslora);
     let reference = reference(&fixture("tiny-llama/lora_rslora_reference.safetensors"))?;
-    let (inputs, mask) = inputs_of(&self::reference(&fixture("tiny-llama/reference.safetensors"))?)?;
+    let (inputs, mask) = inputs_of(&self::reference(&fixture(
+        "tiny-llama/reference.safetensors",
+    ))?)?;
     let logits = model.transformer.forward(&inputs, None, Some(&adapter))?;
     let diff = max_diff_on_mask(&logits, &reference["logits"], &mask)?;
     assert!(diff < LOGITS_ABS_TOL, "rsLoRA logits differ by {diff}");

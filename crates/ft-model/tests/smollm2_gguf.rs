@@ -30,7 +30,10 @@ fn smollm2() -> Option<Model> {
             "{} is missing: run scripts/fetch-model.sh",
             path.display()
         );
-        eprintln!("skipping: {} is missing (run scripts/fetch-model.sh)", path.display());
+        eprintln!(
+            "skipping: {} is missing (run scripts/fetch-model.sh)",
+            path.display()
+        );
         return None;
     }
     Some(Model::load(&path, &Device::Cpu).expect("the default GGUF loads"))
@@ -59,7 +62,9 @@ struct GenerateCase {
 
 #[test]
 fn per_text_nll_matches_transformers() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let cases: Vec<NllCase> = read_json("nll.json")?;
     assert!(cases.len() >= 6);
     for case in cases {
@@ -78,7 +83,9 @@ fn per_text_nll_matches_transformers() -> Result<()> {
 
 #[test]
 fn greedy_generation_equals_transformers_alone_and_batched() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let cases: Vec<GenerateCase> = read_json("generate.json")?;
     assert!(cases.len() >= 3);
     let params = GenerateParams {
@@ -87,7 +94,12 @@ fn greedy_generation_equals_transformers_alone_and_batched() -> Result<()> {
         sampling: Default::default(),
     };
     for case in &cases {
-        let out = generate(&model.transformer, &[case.prompt_ids.clone()], &params, None)?;
+        let out = generate(
+            &model.transformer,
+            std::slice::from_ref(&case.prompt_ids),
+            &params,
+            None,
+        )?;
         assert_eq!(out[0], case.new_ids);
     }
     // All prompts in one left-padded batch give the same tokens as one at a time.
@@ -101,7 +113,9 @@ fn greedy_generation_equals_transformers_alone_and_batched() -> Result<()> {
 
 #[test]
 fn peft_trained_adapter_gives_peft_logits() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let adapter = model.load_adapter(
         &repo().join("tests/fixtures/smollm2/peft-adapter"),
         &LoadOptions::default(),
@@ -118,23 +132,36 @@ fn peft_trained_adapter_gives_peft_logits() -> Result<()> {
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
-        assert!(diff < ADAPTER_LOGITS_ABS_TOL, "{prefix}: logits differ by {diff}");
+        assert!(
+            diff < ADAPTER_LOGITS_ABS_TOL,
+            "{prefix}: logits differ by {diff}"
+        );
         let lse = logits.log_sum_exp(D::Minus1)?;
         let diff = (&lse - &reference[&format!("{prefix}_logsumexp")])?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
-        assert!(diff < ADAPTER_LOGITS_ABS_TOL, "{prefix}: logsumexp differs by {diff}");
+        assert!(
+            diff < ADAPTER_LOGITS_ABS_TOL,
+            "{prefix}: logsumexp differs by {diff}"
+        );
         let argmax: Vec<u32> = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?;
-        let expected: Vec<i64> = reference[&format!("{prefix}_argmax")].flatten_all()?.to_vec1()?;
-        assert_eq!(argmax, expected.iter().map(|&x| x as u32).collect::<Vec<_>>());
+        let expected: Vec<i64> = reference[&format!("{prefix}_argmax")]
+            .flatten_all()?
+            .to_vec1()?;
+        assert_eq!(
+            argmax,
+            expected.iter().map(|&x| x as u32).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }
 
 #[test]
 fn adapter_round_trips_and_refuses_another_base() -> Result<()> {
-    let Some(model) = smollm2() else { return Ok(()) };
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
     let adapter = model.load_adapter(
         &repo().join("tests/fixtures/smollm2/peft-adapter"),
         &LoadOptions::default(),
@@ -152,8 +179,13 @@ fn adapter_round_trips_and_refuses_another_base() -> Result<()> {
     ft_model::adapter_io::save_adapter(&trained, dir.path(), "SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let reloaded = model.load_adapter(dir.path(), &LoadOptions::default())?;
     for (path, module) in adapter.modules() {
-        let other = reloaded.module(path).context("module survives the round trip")?;
-        let diff = (&module.b - &other.b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let other = reloaded
+            .module(path)
+            .context("module survives the round trip")?;
+        let diff = (&module.b - &other.b)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(diff, 0.0, "{path}");
     }
     // The same adapter presented to a model with another fingerprint is refused...
@@ -165,18 +197,31 @@ fn adapter_round_trips_and_refuses_another_base() -> Result<()> {
     )
     .expect_err("another base is refused")
     .to_string();
-    assert!(err.contains("trained on base") && err.contains("--allow-base-mismatch"), "{err}");
+    assert!(
+        err.contains("trained on base") && err.contains("--allow-base-mismatch"),
+        "{err}"
+    );
     // ...unless the user overrides the check.
     ft_model::adapter_io::load_adapter(
         dir.path(),
         &model.transformer,
         "0000000000000000",
-        &LoadOptions { allow_base_mismatch: true },
+        &LoadOptions {
+            allow_base_mismatch: true,
+        },
     )?;
     // An adapter whose shapes fit another model is refused with the key named.
-    let tiny = Model::load(&repo().join("tests/fixtures/tiny-llama/model"), &Device::Cpu)?;
+    let tiny = Model::load(
+        &repo().join("tests/fixtures/tiny-llama/model"),
+        &Device::Cpu,
+    )?;
     let err = tiny
-        .load_adapter(dir.path(), &LoadOptions { allow_base_mismatch: true })
+        .load_adapter(
+            dir.path(),
+            &LoadOptions {
+                allow_base_mismatch: true,
+            },
+        )
         .expect_err("SmolLM2 adapter does not fit the tiny llama")
         .to_string();
     assert!(err.contains("model.layers."), "{err}");

@@ -1,0 +1,332 @@
+//! `ft generate` and `ft score` end to end on the real SmolLM2 GGUF, against transformers'
+//! outputs (tests/fixtures/smollm2, made by scripts/reference/make_smollm2_fixtures.py), and
+//! every bad input the CLI must refuse with a one-line error and exit code 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+const NLL_MEAN_ABS_TOL: f64 = 1e-3;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The default GGUF, or `None` outside CI when it has not been fetched. Under `CI=true` a
+/// missing model fails the test instead of skipping it.
+fn smollm2() -> Option<PathBuf> {
+    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} is missing (run scripts/fetch-model.sh)",
+        path.display()
+    );
+    None
+}
+
+fn ft(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_ft"))
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "error")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?)
+}
+
+/// Asserts a clean refusal: exit code 1, one `error:` line that mentions `needle`, no panic.
+fn assert_refused(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing on stdout for an error");
+}
+
+#[derive(Deserialize)]
+struct GenerateCase {
+    messages: Vec<serde_json::Value>,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct NllCase {
+    text: String,
+    ids: Vec<u32>,
+    nll_mean: f64,
+}
+
+fn fixture_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
+    let path = repo().join("tests/fixtures/smollm2").join(name);
+    Ok(serde_json::from_str(
+        &std::fs::read_to_string(&path).context(name.to_string())?,
+    )?)
+}
+
+#[test]
+fn generate_prints_transformers_greedy_text() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let model = model.to_string_lossy().to_string();
+    let cases: Vec<GenerateCase> = fixture_json("generate.json")?;
+    for case in cases.iter().take(3) {
+        let prompt = case.messages[0]["content"].as_str().context("prompt")?;
+        let out = ft(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "24",
+        ])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout)?, format!("{}\n", case.text));
+    }
+    Ok(())
+}
+
+#[test]
+fn score_json_matches_transformers_nll() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let model = model.to_string_lossy().to_string();
+    let cases: Vec<NllCase> = fixture_json("nll.json")?;
+    for case in cases.iter().take(3) {
+        let out = ft(&["score", "--model", &model, "--text", &case.text, "--json"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let ids: Vec<u32> = serde_json::from_value(json["token_ids"].clone())?;
+        assert_eq!(ids, case.ids);
+        assert_eq!(json["n_pred"].as_u64(), Some(case.ids.len() as u64 - 1));
+        let mean = json["nll_mean"].as_f64().context("nll_mean")?;
+        assert!(
+            (mean - case.nll_mean).abs() < NLL_MEAN_ABS_TOL,
+            "{mean} vs {}",
+            case.nll_mean
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn refuses_missing_model_file() -> Result<()> {
+    let out = ft(&[
+        "generate",
+        "--model",
+        "no/such/model.gguf",
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "no/such/model.gguf: no such file or directory");
+    Ok(())
+}
+
+#[test]
+fn refuses_hub_id_while_offline() -> Result<()> {
+    let out = ft(&[
+        "generate",
+        "--model",
+        "SomeOrg/some-model",
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "pass a local GGUF file or HF directory");
+    Ok(())
+}
+
+#[test]
+fn refuses_truncated_and_corrupt_gguf() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"definitely not a GGUF file")?;
+    let out = ft(&[
+        "generate",
+        "--model",
+        garbage.to_str().context("utf8")?,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "garbage.gguf: not a readable GGUF file");
+
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(&model)?;
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    let out = ft(&[
+        "generate",
+        "--model",
+        truncated.to_str().context("utf8")?,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "truncated.gguf");
+    Ok(())
+}
+
+/// A minimal GGUF v3 file: string metadata and tensors given as (name, dims, ggml type id).
+fn write_gguf(
+    path: &Path,
+    metadata: &[(&str, &str)],
+    tensors: &[(&str, &[u64], u32)],
+) -> Result<()> {
+    let mut out = Vec::new();
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    };
+    out.extend(b"GGUF");
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        string(&mut out, key);
+        out.extend(8u32.to_le_bytes()); // string
+        string(&mut out, value);
+    }
+    for (name, dims, ty) in tensors {
+        string(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(ty.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+    }
+    while out.len() % 32 != 0 {
+        out.push(0);
+    }
+    out.extend(vec![0u8; 4096]);
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+#[test]
+fn refuses_unsupported_architecture_and_quant_type() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arch = dir.path().join("gpt2.gguf");
+    write_gguf(&arch, &[("general.architecture", "gpt2")], &[])?;
+    let out = ft(&[
+        "generate",
+        "--model",
+        arch.to_str().context("utf8")?,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "architecture `gpt2` is not supported");
+
+    // ggml type 16 is IQ2_XXS, which ft does not dequantize.
+    let quant = dir.path().join("iq2.gguf");
+    write_gguf(
+        &quant,
+        &[("general.architecture", "llama")],
+        &[("token_embd.weight", &[256], 16)],
+    )?;
+    let out = ft(&[
+        "generate",
+        "--model",
+        quant.to_str().context("utf8")?,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "iq2.gguf");
+    Ok(())
+}
+
+#[test]
+fn refuses_adapter_for_other_base() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let model = model.to_string_lossy().to_string();
+    // A copy of the PEFT adapter that claims another base fingerprint, as ft records it.
+    let dir = tempfile::tempdir()?;
+    let source = repo().join("tests/fixtures/smollm2/peft-adapter");
+    std::fs::copy(
+        source.join("adapter_config.json"),
+        dir.path().join("adapter_config.json"),
+    )?;
+    let tensors = candle_core::safetensors::load(
+        source.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (
+            "ft.base_fingerprint".to_string(),
+            "0123456789abcdef".to_string(),
+        ),
+    ]);
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v)), Some(metadata))?;
+    std::fs::write(dir.path().join("adapter_model.safetensors"), bytes)?;
+    let adapter = dir.path().to_str().context("utf8")?;
+
+    let out = ft(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        adapter,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "was trained on base 0123456789abcdef");
+    let out = ft(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        adapter,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+        "--allow-base-mismatch",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An adapter whose modules do not exist in the model (tiny llama's, onto SmolLM2).
+    let tiny_adapter = repo().join("tests/fixtures/tiny-llama/adapter");
+    let out = ft(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        tiny_adapter.to_str().context("utf8")?,
+        "--prompt",
+        "hi",
+    ])?;
+    assert_refused(&out, "has shape");
+    Ok(())
+}
