@@ -4,8 +4,19 @@
 //! the weight gradient of every base linear layer, computed and thrown away. Wrapping the product
 //! in a `CustomOp1` over `x` alone keeps `W` out of the graph.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+
+static NAIVE: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`frozen_linear`] use candle's plain matmul in training too, which computes and
+/// discards the weight gradient. For benchmarks that measure what the frozen op saves;
+/// results are identical either way.
+pub fn set_naive_frozen_linear(naive: bool) {
+    NAIVE.store(naive, Ordering::Relaxed);
+}
 
 /// Multiplies `x` (`(.., in)`) by the transpose of the frozen `weight` (`(out, in)`).
 ///
@@ -27,7 +38,7 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     out_dims[last] = out_features;
     let rows = x.elem_count() / in_features;
     let x2 = x.reshape((rows, in_features))?;
-    let y = if x.track_op() && x.device().is_cpu() {
+    let y = if x.track_op() && x.device().is_cpu() && !NAIVE.load(Ordering::Relaxed) {
         x2.contiguous()?.apply_op1(FrozenLinear {
             weight: weight.clone(),
         })?

@@ -24,7 +24,7 @@ mod loss;
 mod norm;
 mod rope;
 
-pub use frozen_linear::frozen_linear;
+pub use frozen_linear::{frozen_linear, set_naive_frozen_linear};
 pub use loss::masked_cross_entropy;
 pub use norm::rms_norm;
 pub use rope::{rope, RopeTables};

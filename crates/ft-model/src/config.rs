@@ -70,6 +70,39 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks the relations the model relies on (no zero sizes, heads dividing evenly), so a
+    /// malformed file is an error here rather than a division by zero later.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0"));
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim {} is odd; RoPE needs pairs",
+                self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
     /// RoPE inverse frequencies, `head_dim / 2` of them, with scaling applied (as transformers'
     /// `_compute_llama3_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
@@ -233,7 +266,7 @@ impl HfConfig {
                 ),
             });
         }
-        Ok(Config {
+        let config = Config {
             architecture,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -250,7 +283,12 @@ impl HfConfig {
             attention_bias: self
                 .attention_bias
                 .unwrap_or(architecture == Architecture::Qwen2),
-        })
+        };
+        config.validate().map_err(|reason| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(config)
     }
 }
 

@@ -131,7 +131,7 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             "embedding_length is not a multiple of head_count",
         ));
     }
-    Ok(Config {
+    let config = Config {
         architecture,
         hidden_size,
         intermediate_size: need_usize("feed_forward_length")?,
@@ -154,7 +154,11 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             .map_or(4096, |v| v as usize),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-    })
+    };
+    config
+        .validate()
+        .map_err(|reason| gguf_error(path, reason))?;
+    Ok(config)
 }
 
 /// Maps a llama.cpp tensor name to its Hugging Face name.
@@ -190,7 +194,9 @@ fn hf_name(gguf_name: &str) -> Option<String> {
 /// of each head; HF keeps them as two blocks). Same as transformers' `reverse_permute_weights`.
 fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = tensor.dims().to_vec();
-    let rows = dims[0];
+    let Some(&rows) = dims.first() else {
+        candle_core::bail!("q/k weight has no dimensions");
+    };
     let rest: usize = dims[1..].iter().product();
     tensor
         .reshape((heads, rows / heads / 2, 2, rest))?
