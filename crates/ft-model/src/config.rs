@@ -315,14 +315,15 @@ mod tests {
             attention_bias: false,
         };
         let plain = config.rope_inv_freq();
+        // Wavelengths: index 0 is 2π (< 64/4, kept), index 7 is ~19869 (> 64, divided by 8).
         config.rope_scaling = RopeScaling::Llama3 {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
-            original_max_position_embeddings: 16.0,
+            original_max_position_embeddings: 64.0,
         };
         let scaled = config.rope_inv_freq();
         assert_eq!(plain[0], scaled[0]);
-        assert!((scaled[7] - plain[7] / 8.0).abs() < 1e-12);
+        assert_eq!(scaled[7], plain[7] / 8.0);
     }
 }
