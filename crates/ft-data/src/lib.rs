@@ -13,10 +13,18 @@
 //! # Ok::<(), ft_data::Error>(())
 //! ```
 
+pub mod batch;
 pub mod chat;
+pub mod dataset;
 pub mod error;
+pub mod format;
+pub mod tokenize;
 pub mod tokenizer;
 
+pub use batch::{Batch, BatchConfig, Batcher, Cursor};
 pub use chat::{ChatTemplate, Message};
+pub use dataset::{read_dataset, LineError, ReadOptions, Report};
 pub use error::{Error, Result};
+pub use format::{Example, Format};
+pub use tokenize::{ExampleTokenizer, TokenizedExample};
 pub use tokenizer::Tokenizer;

@@ -22,6 +22,9 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 use crate::chat::ChatTemplate;
 use crate::{Error, Result};
 
+/// A token's `(start, end)` byte range in the encoded text.
+pub type ByteSpan = (usize, usize);
+
 /// A tokenizer plus the special tokens and chat template that came with the model.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -293,6 +296,36 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// Token ids of `text` with each token's byte range in `text` (`(0, 0)` for an added BOS).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        let mut ids = encoding.get_ids().to_vec();
+        let mut offsets = encoding.get_offsets().to_vec();
+        if add_special_tokens && self.add_bos {
+            if let Some(bos) = self
+                .bos_token
+                .as_deref()
+                .and_then(|t| self.inner.token_to_id(t))
+            {
+                ids.insert(0, bos);
+                offsets.insert(0, (0, 0));
+            }
+        }
+        Ok((ids, offsets))
+    }
+
+    /// The end-of-sequence id appended to text and completion examples, if the model has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_ids.first().copied()
     }
 
     /// Text of `ids`; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
