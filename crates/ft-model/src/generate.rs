@@ -141,6 +141,7 @@ pub fn generate(
         tokens: Tensor::from_vec(tokens, (batch, longest), device)?,
         positions: Tensor::from_vec(positions, (batch, longest), device)?,
         key_mask,
+        segments: None,
     };
     let mut next_position: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut processors: Vec<LogitsProcessor> = (0..batch)

@@ -25,6 +25,7 @@ pub mod generate;
 pub mod linear;
 pub mod loader;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod pretrained;
 pub mod text;

@@ -20,6 +20,9 @@ pub struct Inputs {
     pub positions: Tensor,
     /// `(batch, past + seq)` 0/1: which keys are real (not padding), cached ones first.
     pub key_mask: Vec<Vec<u8>>,
+    /// `(batch, seq)` example index of each token in packed rows: a query attends only to
+    /// keys of its own example. `None` when each row is one sequence.
+    pub segments: Option<Vec<Vec<u32>>>,
 }
 
 impl Inputs {
@@ -34,6 +37,21 @@ impl Inputs {
             tokens: tokens.clone(),
             positions,
             key_mask: attention_mask.to_vec(),
+            segments: None,
+        })
+    }
+
+    /// The inputs of a training batch from `ft-data` (padded or packed).
+    pub fn from_batch(batch: &ft_data::Batch, device: &Device) -> Result<Self> {
+        let rows = batch.input_ids.len();
+        let width = batch.input_ids.first().map_or(0, Vec::len);
+        let flat =
+            |rows_of: &[Vec<u32>]| -> Vec<u32> { rows_of.iter().flatten().copied().collect() };
+        Ok(Self {
+            tokens: Tensor::from_vec(flat(&batch.input_ids), (rows, width), device)?,
+            positions: Tensor::from_vec(flat(&batch.positions), (rows, width), device)?,
+            key_mask: batch.attention_mask.clone(),
+            segments: batch.segments.clone(),
         })
     }
 }
@@ -42,6 +60,7 @@ impl Inputs {
 /// a large negative number where the key is in the future or is padding.
 fn attention_bias(
     key_mask: &[Vec<u8>],
+    segments: Option<&[Vec<u32>]>,
     seq: usize,
     dtype: DType,
     device: &Device,
@@ -56,10 +75,12 @@ fn attention_bias(
         if keys.len() != total {
             candle_core::bail!("key_mask rows have different lengths");
         }
+        let row_segments = segments.and_then(|s| s.get(row));
         for query in 0..seq {
             let offset = (row * seq + query) * total;
             for (key, &real) in keys.iter().enumerate() {
-                if key > past + query || real == 0 {
+                let other_example = row_segments.is_some_and(|s| s.get(past + query) != s.get(key));
+                if key > past + query || real == 0 || other_example {
                     bias[offset + key] = MASKED;
                 }
             }
@@ -328,7 +349,13 @@ impl Transformer {
             .index_select(&inputs.tokens.flatten_all()?, 0)?
             .reshape((batch, seq, self.config.hidden_size))?;
         let (cos, sin) = self.rope.gather(&inputs.positions)?;
-        let bias = attention_bias(&inputs.key_mask, seq, x.dtype(), x.device())?;
+        let bias = attention_bias(
+            &inputs.key_mask,
+            inputs.segments.as_deref(),
+            seq,
+            x.dtype(),
+            x.device(),
+        )?;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             x = block.forward(&x, &cos, &sin, &bias, layer_cache, lora)?;
