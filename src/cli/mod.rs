@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod common;
+mod data;
 mod generate;
 mod score;
 
@@ -20,6 +21,8 @@ enum Command {
     Generate(generate::Args),
     /// Per-token negative log-likelihood of a text.
     Score(score::Args),
+    /// Validate or prepare datasets.
+    Data(data::Args),
 }
 
 /// Runs the parsed command.
@@ -27,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
+        Command::Data(args) => data::run(args),
     }
 }
 
