@@ -330,3 +330,71 @@ fn refuses_adapter_for_other_base() -> Result<()> {
     assert_refused(&out, "has shape");
     Ok(())
 }
+
+#[test]
+fn data_validate_reports_bad_lines_and_exits_1() -> Result<()> {
+    if smollm2().is_none() {
+        return Ok(());
+    }
+    let out = ft(&["data", "validate", "datasets/support/train.jsonl"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)?.contains("240 valid examples, 0 invalid lines"));
+
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"fine\"}\n{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n",
+    )?;
+    let out = ft(&["data", "validate", bad.to_str().context("utf8")?])?;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout.contains("bad.jsonl:2: messages[0].role is \"bot\""),
+        "{stdout}"
+    );
+    assert!(String::from_utf8(out.stderr)?.contains("1 invalid lines of 2"));
+    Ok(())
+}
+
+#[test]
+fn data_prepare_writes_split_and_report() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out_dir = dir.path().join("prepared");
+    let raw = "crates/ft-data/tests/fixtures/prepare/raw.jsonl";
+    let out = ft(&[
+        "data",
+        "prepare",
+        raw,
+        "--out",
+        out_dir.to_str().context("utf8")?,
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["kept"], 77);
+    for name in [
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "report.json",
+    ] {
+        assert!(out_dir.join(name).is_file(), "{name} missing");
+    }
+    let again = ft(&[
+        "data",
+        "prepare",
+        raw,
+        "--out",
+        out_dir.to_str().context("utf8")?,
+    ])?;
+    assert_refused(&again, "not empty");
+    Ok(())
+}
