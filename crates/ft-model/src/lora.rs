@@ -4,6 +4,7 @@
 //! Saving and loading in PEFT's format live in [`crate::adapter_io`].
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -82,6 +83,47 @@ impl LoraConfig {
     }
 }
 
+/// Dropout on the adapters' input, shared by every module of one adapter. Off until the
+/// trainer sets a seed for the forward pass; each module then draws its mask from
+/// `(seed, module index)`, so masks are reproducible with no RNG state to save.
+#[derive(Debug, Default)]
+pub struct LoraDropout {
+    p: f64,
+    seed: Mutex<Option<u64>>,
+}
+
+impl LoraDropout {
+    fn new(p: f64) -> Arc<Self> {
+        Arc::new(Self {
+            p,
+            seed: Mutex::new(None),
+        })
+    }
+
+    fn current_seed(&self) -> Option<u64> {
+        if self.p <= 0.0 {
+            return None;
+        }
+        self.seed.lock().map(|s| *s).unwrap_or(None)
+    }
+
+    /// `x` with elements zeroed with probability `p` and the rest scaled by `1/(1-p)`.
+    fn apply(&self, x: &Tensor, seed: u64, module: u64) -> Result<Tensor> {
+        let mut rng = StdRng::seed_from_u64(
+            seed ^ module.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        let p = self.p as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+            .to_dtype(x.dtype())?
+            .to_device(x.device())?;
+        x.mul(&mask)
+    }
+}
+
 /// The adapter of one linear module: `A: (r, in)`, `B: (out, r)`.
 #[derive(Debug, Clone)]
 pub struct LoraModule {
@@ -91,11 +133,24 @@ pub struct LoraModule {
     pub b: Tensor,
     /// The scale applied to the product.
     pub scale: f64,
+    /// The adapter's dropout and this module's index in it.
+    dropout: Option<(Arc<LoraDropout>, u64)>,
 }
 
 impl LoraModule {
-    /// `scale · x·Aᵀ·Bᵀ` for `x: (.., in)` → `(.., out)`.
+    /// `scale · dropout(x)·Aᵀ·Bᵀ` for `x: (.., in)` → `(.., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dropped;
+        let x = match &self.dropout {
+            Some((dropout, index)) => match dropout.current_seed() {
+                Some(seed) => {
+                    dropped = dropout.apply(x, seed, *index)?;
+                    &dropped
+                }
+                None => x,
+            },
+            None => x,
+        };
         let a = self.a.to_dtype(x.dtype())?;
         let b = self.b.to_dtype(x.dtype())?;
         x.broadcast_matmul(&a.t()?)?
@@ -114,6 +169,7 @@ pub struct LoraAdapter {
     /// Trainable parameters by PEFT key, empty for an adapter loaded for inference.
     vars: Vec<(String, Var)>,
     base_fingerprint: Option<String>,
+    dropout: Arc<LoraDropout>,
 }
 
 /// The PEFT key of a module's A or B matrix.
@@ -134,6 +190,7 @@ impl LoraAdapter {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut modules = BTreeMap::new();
         let mut vars = Vec::new();
+        let dropout = LoraDropout::new(config.dropout);
         for linear in model.linears() {
             if !config.target_modules.matches(linear.name()) {
                 continue;
@@ -155,6 +212,7 @@ impl LoraAdapter {
                     a: a.as_tensor().clone(),
                     b: b.as_tensor().clone(),
                     scale: config.scale(),
+                    dropout: Some((dropout.clone(), modules.len() as u64)),
                 },
             );
             vars.push((peft_key(linear.path(), 'A'), a));
@@ -171,6 +229,7 @@ impl LoraAdapter {
             modules,
             vars,
             base_fingerprint,
+            dropout,
         })
     }
 
@@ -181,22 +240,34 @@ impl LoraAdapter {
         base_fingerprint: Option<String>,
     ) -> Self {
         let scale = config.scale();
+        let dropout = LoraDropout::new(config.dropout);
         let modules = matrices
             .into_iter()
-            .map(|(path, a, b)| (path, LoraModule { a, b, scale }))
+            .map(|(path, a, b)| {
+                let module = LoraModule {
+                    a,
+                    b,
+                    scale,
+                    dropout: None,
+                };
+                (path, module)
+            })
             .collect();
         Self {
             config,
             modules,
             vars: Vec::new(),
             base_fingerprint,
+            dropout,
         }
     }
 
-    /// Makes every matrix a trainable variable (e.g. to resume training from a saved adapter).
+    /// Makes every matrix a trainable variable (e.g. to resume training from a saved adapter),
+    /// with the configured dropout.
     pub fn into_trainable(self) -> Result<Self> {
         let mut modules = BTreeMap::new();
         let mut vars = Vec::new();
+        let dropout = LoraDropout::new(self.config.dropout);
         for (path, module) in self.modules {
             let a = Var::from_tensor(&module.a.to_dtype(DType::F32)?)?;
             let b = Var::from_tensor(&module.b.to_dtype(DType::F32)?)?;
@@ -208,14 +279,24 @@ impl LoraAdapter {
                     a: a.as_tensor().clone(),
                     b: b.as_tensor().clone(),
                     scale: module.scale,
+                    dropout: Some((dropout.clone(), modules.len() as u64)),
                 },
             );
         }
         Ok(Self {
             modules,
             vars,
+            dropout,
             ..self
         })
+    }
+
+    /// Turns dropout on for the following forward passes with masks drawn from `seed`, or off
+    /// with `None` (evaluation, inference). Without a seed, or with `dropout = 0`, it is off.
+    pub fn set_dropout_seed(&self, seed: Option<u64>) {
+        if let Ok(mut current) = self.dropout.seed.lock() {
+            *current = seed;
+        }
     }
 
     /// The module at `path`, when the adapter targets it.
@@ -268,6 +349,7 @@ impl LoraAdapter {
                         a: m.a.to_device(device)?,
                         b: m.b.to_device(device)?,
                         scale: m.scale,
+                        dropout: None,
                     },
                 ))
             })
@@ -277,6 +359,7 @@ impl LoraAdapter {
             modules,
             vars: Vec::new(),
             base_fingerprint: self.base_fingerprint.clone(),
+            dropout: LoraDropout::new(0.0),
         })
     }
 }
