@@ -4,6 +4,7 @@
 //! - [`model`]: the transformer, loading (GGUF, safetensors), LoRA, generation (`ft-model`).
 //! - [`data`]: tokenizers and chat templates (`ft-data`).
 //! - [`kernels`]: ops with correct, cheap backward passes (`ft-kernels`).
+//! - [`train`]: the LoRA training loop, optimizer and checkpoints (`ft-train`).
 //! - [`hub`]: turning `--model` (a GGUF file, an HF directory or a Hub id) into a local path.
 //!
 //! ```no_run
@@ -26,3 +27,4 @@ pub use ft_core as core;
 pub use ft_data as data;
 pub use ft_kernels as kernels;
 pub use ft_model as model;
+pub use ft_train as train;

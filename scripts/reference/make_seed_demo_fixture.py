@@ -196,7 +196,14 @@ def main():
     steps = []
     for step in range(1, STEPS + 1):
         opt.zero_grad(set_to_none=True)
-        loss = pm(input_ids=x, attention_mask=att, labels=y).loss
+        out = pm(input_ids=x, attention_mask=att, labels=y)
+        loss = out.loss
+        if step == 1:
+            # Per-token NLL of the step-1 forward (B = 0, i.e. the base model), every position, for debugging
+            # label/shift differences: step1_token_nll[i] = -log p(input_ids[i+1] | input_ids[:i+1]).
+            with torch.no_grad():
+                logp = torch.log_softmax(out.logits[0].detach().double(), dim=-1)
+                step1_nll = (-logp[:-1].gather(1, x[0, 1:, None])[:, 0]).tolist()
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(lora_params, MAX_GRAD_NORM)
         lr = opt.param_groups[0]["lr"]
@@ -266,6 +273,7 @@ def main():
         "label_text": label_text,
         "initial_lora_A": {"file": INIT_FILE, "tensors": len(init_a), "bytes": init_size, "sha256": sha256(init_path)},
         "steps": steps,
+        "step1_token_nll": step1_nll,
         "prompt_text": prompt_text,
         "prompt_ids": prompt_ids,
         "adapter_new_ids": adapter_new,
@@ -293,7 +301,7 @@ Made by `{SCRIPT}`:
 
     {COMMAND}
 
-(~1–2 min; deterministic: two runs give byte-identical files.) Versions: {v}.
+(~2.5 min on 2 cores; deterministic: two runs give byte-identical files.) Versions: {v}.
 
 ## Files
 
@@ -309,6 +317,9 @@ Made by `{SCRIPT}`:
   - `initial_lora_A`: file name, tensor count, size, sha256.
   - `steps`: 30 x {{`step` (1-based), `loss` (forward pass that step trains on, before its update), `grad_norm`
     (pre-clip total L2 norm over all LoRA params, as returned by clip_grad_norm_), `lr` (lr used by that step's update)}}.
+  - `step1_token_nll`: {len(ref['input_ids']) - 1} floats, `step1_token_nll[i]` = -log p(input_ids[i+1] | input_ids[..=i])
+    from the step-1 forward pass (lora_B = 0, so the base model), log_softmax in float64 of the float32 logits, at
+    every position (labelled or not) — the step-1 loss is the mean of the entries at the label positions minus one.
   - `prompt_text` / `prompt_ids`: user message only, add_generation_prompt=True.
   - `adapter_new_ids` / `adapter_text`: greedy generation with the trained adapter; `base_new_ids` / `base_text`:
     same with the adapter disabled; `max_new_tokens` {MAX_NEW_TOKENS}, eos 2, text decoded with skip_special_tokens.

@@ -6,6 +6,7 @@ mod common;
 mod data;
 mod generate;
 mod score;
+mod train;
 
 /// Fine-tune LoRA adapters on a frozen base model and serve them.
 #[derive(Debug, Parser)]
@@ -23,6 +24,8 @@ enum Command {
     Score(score::Args),
     /// Validate or prepare datasets.
     Data(data::Args),
+    /// Train a LoRA adapter on a JSONL dataset.
+    Train(Box<train::Args>),
 }
 
 /// Runs the parsed command.
@@ -31,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
         Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run(*args),
     }
 }
 

@@ -337,6 +337,30 @@ impl LoraAdapter {
             .collect()
     }
 
+    /// A copy for inference: the same values, detached from the autograd graph, no dropout.
+    pub fn detached(&self) -> Self {
+        let modules = self
+            .modules
+            .iter()
+            .map(|(path, m)| {
+                let module = LoraModule {
+                    a: m.a.detach(),
+                    b: m.b.detach(),
+                    scale: m.scale,
+                    dropout: None,
+                };
+                (path.clone(), module)
+            })
+            .collect();
+        Self {
+            config: self.config.clone(),
+            modules,
+            vars: Vec::new(),
+            base_fingerprint: self.base_fingerprint.clone(),
+            dropout: LoraDropout::new(0.0),
+        }
+    }
+
     /// Moves the adapter to `device` (inference copies only).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         let modules = self
