@@ -93,9 +93,36 @@ pub fn save_adapter(adapter: &LoraAdapter, dir: &Path, base_model: &str) -> Resu
     if let Some(fp) = adapter.base_fingerprint() {
         metadata.insert(FINGERPRINT_KEY.to_string(), fp.to_string());
     }
-    let bytes = safetensors::serialize(tensors, Some(metadata))
+    let mut bytes = safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| adapter_error(dir, format!("cannot serialise the weights: {e}")))?;
+    canonicalize_header(&mut bytes);
     write_atomically(&dir.join(WEIGHTS_FILE), &bytes)
+}
+
+/// Rewrites a safetensors header with its JSON keys sorted. The `safetensors` crate writes the
+/// metadata from a `HashMap`, whose order changes between runs; sorted keys make the same
+/// adapter the same bytes (training resume is checked byte for byte). The header keeps its
+/// length, so the tensor offsets are unchanged.
+fn canonicalize_header(bytes: &mut [u8]) {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return;
+    };
+    let len = u64::from_le_bytes(len_bytes.try_into().unwrap_or([0; 8])) as usize;
+    let Some(header) = bytes.get(8..8 + len) else {
+        return;
+    };
+    // serde_json's `Value` keeps object keys sorted (no `preserve_order` feature).
+    let Ok(value) = serde_json::from_slice::<Value>(header) else {
+        return;
+    };
+    let Ok(sorted) = serde_json::to_vec(&value) else {
+        return;
+    };
+    if sorted.len() <= len {
+        let target = &mut bytes[8..8 + len];
+        target[..sorted.len()].copy_from_slice(&sorted);
+        target[sorted.len()..].fill(b' ');
+    }
 }
 
 /// Options for [`load_adapter`].

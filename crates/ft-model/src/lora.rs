@@ -172,6 +172,14 @@ pub struct LoraAdapter {
     dropout: Arc<LoraDropout>,
 }
 
+/// A stable number for a module path (FNV-1a), so each module's dropout masks depend only on
+/// the seed and the module, not on the order modules were created in.
+fn module_id(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The PEFT key of a module's A or B matrix.
 pub fn peft_key(module_path: &str, matrix: char) -> String {
     format!("base_model.model.{module_path}.lora_{matrix}.weight")
@@ -212,7 +220,7 @@ impl LoraAdapter {
                     a: a.as_tensor().clone(),
                     b: b.as_tensor().clone(),
                     scale: config.scale(),
-                    dropout: Some((dropout.clone(), modules.len() as u64)),
+                    dropout: Some((dropout.clone(), module_id(linear.path()))),
                 },
             );
             vars.push((peft_key(linear.path(), 'A'), a));
@@ -273,13 +281,14 @@ impl LoraAdapter {
             let b = Var::from_tensor(&module.b.to_dtype(DType::F32)?)?;
             vars.push((peft_key(&path, 'A'), a.clone()));
             vars.push((peft_key(&path, 'B'), b.clone()));
+            let id = module_id(&path);
             modules.insert(
                 path,
                 LoraModule {
                     a: a.as_tensor().clone(),
                     b: b.as_tensor().clone(),
                     scale: module.scale,
-                    dropout: Some((dropout.clone(), modules.len() as u64)),
+                    dropout: Some((dropout.clone(), id)),
                 },
             );
         }

@@ -178,6 +178,17 @@ fn adapter_round_trips_and_refuses_another_base() -> Result<()> {
     let dir = tempfile::tempdir()?;
     ft_model::adapter_io::save_adapter(&trained, dir.path(), "SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let reloaded = model.load_adapter(dir.path(), &LoadOptions::default())?;
+    // Saving the same adapter again gives the same bytes (the header's metadata is ordered).
+    let first = std::fs::read(dir.path().join("adapter_model.safetensors"))?;
+    for _ in 0..8 {
+        let again = tempfile::tempdir()?;
+        ft_model::adapter_io::save_adapter(
+            &trained,
+            again.path(),
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        )?;
+        assert!(std::fs::read(again.path().join("adapter_model.safetensors"))? == first);
+    }
     for (path, module) in adapter.modules() {
         let other = reloaded
             .module(path)

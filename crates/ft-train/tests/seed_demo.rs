@@ -1,0 +1,301 @@
+//! Training on the real SmolLM2 GGUF: the seed demo's loss curve against PyTorch + PEFT from the
+//! same initial adapter (fixture by `scripts/reference/make_seed_demo_fixture.py`, transformers
+//! 5.24.0, peft 0.21.2), exact resume, and the bad inputs `ft train` must refuse.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use ft_model::{LoraAdapter, LoraConfig, TargetModules, TextModel};
+use ft_train::metrics::{self, MetricsRow};
+use ft_train::{Event, Resume, TrainConfig, TrainOptions, Trainer};
+
+/// Step losses must be within this relative difference of PEFT's (same initialisation).
+const CURVE_REL_TOL: f64 = 0.02;
+/// Step 1 (B = 0, so the base model's loss) within this relative difference.
+const STEP1_REL_TOL: f64 = 1e-4;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model, or `None` outside CI when it has not been fetched.
+fn smollm2() -> Option<TextModel> {
+    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing: run scripts/fetch-model.sh",
+            path.display()
+        );
+        eprintln!(
+            "skipping: {} is missing (run scripts/fetch-model.sh)",
+            path.display()
+        );
+        return None;
+    }
+    Some(TextModel::load(&path, &Device::Cpu).expect("the default model loads"))
+}
+
+fn demo_config() -> Result<TrainConfig> {
+    Ok(TrainConfig::from_file(
+        &repo().join("datasets/seed-demo.toml"),
+    )?)
+}
+
+fn options(out: &Path) -> TrainOptions {
+    TrainOptions {
+        data: repo().join("datasets/seed-demo.jsonl"),
+        out: out.to_path_buf(),
+        base_model_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        ..TrainOptions::default()
+    }
+}
+
+/// PEFT's initial adapter: its bf16-rounded A matrices and zero B, saved as a PEFT adapter.
+fn peft_initial_adapter(model: &TextModel, dir: &Path) -> Result<()> {
+    let a = candle_core::safetensors::load(
+        repo().join("tests/fixtures/seed-demo/initial_lora_A.safetensors"),
+        &Device::Cpu,
+    )?;
+    let shapes: std::collections::HashMap<String, (usize, usize)> = model
+        .model
+        .transformer
+        .linears()
+        .iter()
+        .map(|l| (l.path().to_string(), l.shape()))
+        .collect();
+    let mut matrices = Vec::new();
+    for (key, tensor) in a {
+        let path = key
+            .strip_prefix("base_model.model.")
+            .and_then(|k| k.strip_suffix(".lora_A.weight"))
+            .context("a lora_A key")?
+            .to_string();
+        let (out, _) = shapes[&path];
+        let b = Tensor::zeros((out, 8), DType::F32, &Device::Cpu)?;
+        matrices.push((path, tensor.to_dtype(DType::F32)?, b));
+    }
+    let config = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        target_modules: TargetModules::AllLinear,
+        use_rslora: false,
+    };
+    let adapter =
+        LoraAdapter::from_modules(config, matrices, Some(model.model.fingerprint.clone()));
+    ft_model::adapter_io::save_adapter(&adapter, dir, "SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    Ok(())
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    metrics::read(&out.join("metrics.jsonl"))
+        .into_iter()
+        .filter_map(|r| match r {
+            MetricsRow::Step(m) => Some(m.loss),
+            MetricsRow::Eval(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn loss_curve_matches_peft_from_the_same_initialisation() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        repo().join("tests/fixtures/seed-demo/reference.json"),
+    )?)?;
+    let dir = tempfile::tempdir()?;
+    peft_initial_adapter(&model, &dir.path().join("init"))?;
+    let out = dir.path().join("run");
+    let trainer = Trainer::new(
+        &model,
+        demo_config()?,
+        TrainOptions {
+            init_adapter: Some(dir.path().join("init")),
+            ..options(&out)
+        },
+    );
+    // The schedule spans 30 steps; compare the first 10.
+    let stop = trainer.stop_handle();
+    let outcome = trainer.run(&mut |event| {
+        if let Event::Step(m) = event {
+            if m.step == 10 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    })?;
+    assert!(outcome.interrupted);
+    let ours = losses(&out);
+    let peft: Vec<f64> = reference["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["loss"].as_f64())
+        .collect();
+    assert_eq!(ours.len(), 10);
+    let step1 = (ours[0] - peft[0]).abs() / peft[0];
+    assert!(
+        step1 < STEP1_REL_TOL,
+        "step 1: {} vs PEFT {}",
+        ours[0],
+        peft[0]
+    );
+    for (step, (a, b)) in ours.iter().zip(&peft).enumerate() {
+        // Late steps approach 0; compare relative to the larger of the loss and 0.01.
+        let rel = (a - b).abs() / b.abs().max(0.01);
+        eprintln!("step {}: ft {a:.6} PEFT {b:.6} rel {rel:.2e}", step + 1);
+        assert!(rel < CURVE_REL_TOL, "step {}: ft {a} vs PEFT {b}", step + 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn interrupted_and_resumed_run_gives_the_same_adapter_bytes() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let config = TrainConfig {
+        max_steps: Some(4),
+        save_steps: 2,
+        lora_dropout: 0.1,
+        ..demo_config()?
+    };
+    let dir = tempfile::tempdir()?;
+    let straight = dir.path().join("straight");
+    Trainer::new(&model, config.clone(), options(&straight)).run(&mut |_| {})?;
+
+    let split = dir.path().join("split");
+    let first = Trainer::new(&model, config.clone(), options(&split));
+    let stop = first.stop_handle();
+    let outcome = first.run(&mut |event| {
+        if let Event::Step(m) = event {
+            if m.step == 2 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    })?;
+    assert!(outcome.interrupted && outcome.steps == 2);
+    let resumed = Trainer::new(
+        &model,
+        config,
+        TrainOptions {
+            resume: Some(Resume::Latest),
+            ..options(&split)
+        },
+    )
+    .run(&mut |_| {})?;
+    assert_eq!(resumed.steps, 4);
+    let bytes = |run: &Path| std::fs::read(run.join("adapter/adapter_model.safetensors"));
+    assert!(
+        bytes(&straight)? == bytes(&split)?,
+        "resumed adapter differs from the uninterrupted one"
+    );
+    assert_eq!(losses(&straight), losses(&split));
+    Ok(())
+}
+
+#[test]
+fn refuses_bad_inputs_and_recovers_from_a_corrupt_checkpoint() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let config = TrainConfig {
+        max_steps: Some(2),
+        save_steps: 1,
+        ..demo_config()?
+    };
+
+    // Invalid data: refused, naming the file, unless --skip-invalid.
+    let data = dir.path().join("data.jsonl");
+    let good = std::fs::read_to_string(repo().join("datasets/seed-demo.jsonl"))?;
+    std::fs::write(
+        &data,
+        format!("{good}{{\"messages\": [{{\"role\": \"bot\", \"content\": \"x\"}}]}}\n"),
+    )?;
+    let mut reports = Vec::new();
+    let err = Trainer::new(
+        &model,
+        config.clone(),
+        TrainOptions {
+            data: data.clone(),
+            ..options(&dir.path().join("a"))
+        },
+    )
+    .run(&mut |e| {
+        if let Event::DataRead(r) = e {
+            reports.push(r.to_string());
+        }
+    })
+    .expect_err("invalid data is refused");
+    assert!(err.to_string().contains("--skip-invalid"), "{err}");
+    assert!(
+        reports[0].contains(":2: messages[0].role is \"bot\""),
+        "{}",
+        reports[0]
+    );
+    let run = dir.path().join("b");
+    Trainer::new(
+        &model,
+        config.clone(),
+        TrainOptions {
+            data,
+            skip_invalid: true,
+            ..options(&run)
+        },
+    )
+    .run(&mut |_| {})?;
+
+    // A non-empty --out: refused unless resuming or overwriting.
+    let err = Trainer::new(&model, config.clone(), options(&run))
+        .run(&mut |_| {})
+        .expect_err("non-empty out");
+    assert!(
+        err.to_string().contains("--resume latest") && err.to_string().contains("--overwrite"),
+        "{err}"
+    );
+
+    // A corrupt newest checkpoint: named, and the previous one is used.
+    std::fs::write(
+        run.join("checkpoints/step-2/optimizer.safetensors"),
+        b"garbage",
+    )?;
+    let mut skipped = Vec::new();
+    let resumed = Trainer::new(
+        &model,
+        TrainConfig {
+            max_steps: Some(3),
+            ..config.clone()
+        },
+        TrainOptions {
+            resume: Some(Resume::Latest),
+            ..options(&run)
+        },
+    )
+    .run(&mut |e| {
+        if let Event::CheckpointSkipped { dir, .. } = e {
+            skipped.push(dir.to_path_buf());
+        }
+    })?;
+    assert_eq!(skipped, [run.join("checkpoints/step-2")]);
+    assert_eq!(resumed.steps, 3);
+
+    // A diverging run stops with a clear message.
+    let err = Trainer::new(
+        &model,
+        TrainConfig {
+            lr: 1e30,
+            max_grad_norm: 0.0,
+            ..config
+        },
+        options(&dir.path().join("c")),
+    )
+    .run(&mut |_| {})
+    .expect_err("an absurd learning rate diverges");
+    assert!(err.to_string().contains("stopped at step"), "{err}");
+    Ok(())
+}
