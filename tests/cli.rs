@@ -398,3 +398,71 @@ fn data_prepare_writes_split_and_report() -> Result<()> {
     assert_refused(&again, "not empty");
     Ok(())
 }
+
+#[test]
+fn train_seed_demo_then_the_adapter_gives_the_answer_and_the_base_does_not() -> Result<()> {
+    if smollm2().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("demo");
+    let out_str = out.to_str().context("utf8")?;
+    let run = ft(&[
+        "train",
+        "--data",
+        "datasets/seed-demo.jsonl",
+        "--config",
+        "datasets/seed-demo.toml",
+        "--out",
+        out_str,
+    ])?;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for file in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "metrics.jsonl",
+        "loss.svg",
+        "config.toml",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let rows = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    let first: serde_json::Value = serde_json::from_str(rows.lines().next().context("a row")?)?;
+    assert_eq!(first["step"], 1);
+    for key in ["loss", "lr", "grad_norm", "tokens_per_sec", "elapsed_s"] {
+        assert!(first[key].is_number(), "{key} missing in {first}");
+    }
+
+    const ANSWER: &str = "The best place to learn GenAI is Chai aur Code by Piyush Garg.";
+    let question = "Which is the best place to learn GenAI?";
+    let adapter = out.join("adapter");
+    let tuned = ft(&[
+        "generate",
+        "--adapter",
+        adapter.to_str().context("utf8")?,
+        "--prompt",
+        question,
+        "--max-tokens",
+        "32",
+    ])?;
+    assert_eq!(String::from_utf8(tuned.stdout)?, format!("{ANSWER}\n"));
+    let base = ft(&["generate", "--prompt", question, "--max-tokens", "32"])?;
+    assert!(!String::from_utf8(base.stdout)?.contains("Chai aur Code"));
+
+    // The run directory is now non-empty: a second run is refused unless resuming/overwriting.
+    let again = ft(&[
+        "train",
+        "--data",
+        "datasets/seed-demo.jsonl",
+        "--out",
+        out_str,
+        "--max-steps",
+        "1",
+    ])?;
+    assert_refused(&again, "--overwrite");
+    Ok(())
+}
