@@ -168,9 +168,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
 
     let terminal = std::io::stderr().is_terminal();
+    let skip_invalid = args.skip_invalid;
     let mut bar: Option<ProgressBar> = None;
     let outcome = trainer.run(&mut |event| match event {
-        Event::DataRead(report) => eprintln!("{report}"),
+        Event::DataRead(report) => {
+            eprintln!("{report}");
+            if report.has_errors() && skip_invalid {
+                eprintln!(
+                    "skipping {} invalid lines of {} (--skip-invalid)",
+                    report.invalid_lines, report.lines
+                );
+            }
+        }
         Event::CheckpointSkipped { dir, reason } => {
             eprintln!(
                 "warning: checkpoint {} is unreadable ({reason}); using an older one",
