@@ -8,5 +8,6 @@
 
 pub mod device;
 pub mod error;
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -281,21 +281,7 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens`, adds what the model's tokenizer adds
     /// (BOS for models that want it); special-token strings in `text` always map to their ids.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::Encode(e.to_string()))?;
-        let mut ids = encoding.get_ids().to_vec();
-        if add_special_tokens && self.add_bos {
-            if let Some(bos) = self
-                .bos_token
-                .as_deref()
-                .and_then(|t| self.inner.token_to_id(t))
-            {
-                ids.insert(0, bos);
-            }
-        }
-        Ok(ids)
+        Ok(self.encode_with_offsets(text, add_special_tokens)?.0)
     }
 
     /// Token ids of `text` with each token's byte range in `text` (`(0, 0)` for an added BOS).

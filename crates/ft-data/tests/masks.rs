@@ -10,26 +10,9 @@ use ft_data::format::parse_line;
 use ft_data::{ChatTemplate, ExampleTokenizer, Tokenizer};
 use serde::Deserialize;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The default GGUF (its tokenizer), or `None` outside CI when it has not been fetched.
 fn smollm2() -> Option<PathBuf> {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} is missing (run scripts/fetch-model.sh)",
-        path.display()
-    );
-    None
+    ft_core::testing::default_gguf()
 }
 
 #[derive(Deserialize)]

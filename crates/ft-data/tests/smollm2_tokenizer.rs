@@ -14,20 +14,7 @@ fn repo() -> PathBuf {
 /// The default GGUF, or `None` outside CI when it has not been fetched. Under `CI=true` a
 /// missing model fails the test instead of skipping it.
 fn smollm2() -> Option<PathBuf> {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} is missing (run scripts/fetch-model.sh)",
-        path.display()
-    );
-    None
+    ft_core::testing::default_gguf()
 }
 
 #[derive(Deserialize)]

@@ -14,20 +14,8 @@ fn repo() -> PathBuf {
 
 /// The default GGUF (its tokenizer), or `None` outside CI when it has not been fetched.
 fn smollm2() -> Option<Tokenizer> {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(Tokenizer::load(&path).expect("the default tokenizer loads"));
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} is missing (run scripts/fetch-model.sh)",
-        path.display()
-    );
-    None
+    let path = ft_core::testing::default_gguf()?;
+    Some(Tokenizer::load(&path).expect("the default tokenizer loads"))
 }
 
 const CHAT: &str = r#"{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}]}"#;

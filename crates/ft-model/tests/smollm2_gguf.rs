@@ -23,19 +23,7 @@ fn repo() -> PathBuf {
 /// The default GGUF, or `None` outside CI when it has not been fetched. Under `CI=true` a
 /// missing model fails the test instead of skipping it.
 fn smollm2() -> Option<Model> {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{} is missing: run scripts/fetch-model.sh",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} is missing (run scripts/fetch-model.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = ft_core::testing::default_gguf()?;
     Some(Model::load(&path, &Device::Cpu).expect("the default GGUF loads"))
 }
 

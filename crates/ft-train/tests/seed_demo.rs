@@ -22,19 +22,7 @@ fn repo() -> PathBuf {
 
 /// The default model, or `None` outside CI when it has not been fetched.
 fn smollm2() -> Option<TextModel> {
-    let path = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{} is missing: run scripts/fetch-model.sh",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} is missing (run scripts/fetch-model.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = ft_core::testing::default_gguf()?;
     Some(TextModel::load(&path, &Device::Cpu).expect("the default model loads"))
 }
 
