@@ -9,16 +9,23 @@ use crate::model::{Inputs, Transformer};
 /// The loss of one batch.
 #[derive(Debug, Clone)]
 pub struct BatchLoss {
-    /// Mean NLL over the label tokens of the whole batch (what training minimises).
+    /// Summed NLL over the batch's label tokens (differentiable; divide by the label count of
+    /// the whole accumulation group for a token-weighted mean).
+    pub sum: Tensor,
+    /// Mean NLL over the batch's label tokens (differentiable).
     pub mean: Tensor,
-    /// `(rows, len - 1)` NLL of predicting token `t + 1` at position `t`; 0 where it is not a label.
+    /// `(rows, len - 1)` NLL of predicting token `t + 1` at position `t`; 0 where it is not a
+    /// label. Values only, outside the autograd graph.
     pub per_token: Tensor,
     /// Number of label tokens.
     pub num_labels: usize,
 }
 
-/// Mean NLL over the batch's label tokens: position `t` predicts token `t + 1` where
+/// NLL over the batch's label tokens: position `t` predicts token `t + 1` where
 /// `labels[t + 1]` is set (a packed example's first token never is).
+///
+/// Only the label positions go through the LM head and the cross-entropy: with a 49k
+/// vocabulary those dominate activation memory, and prompt positions contribute nothing.
 pub fn causal_lm_loss(
     model: &Transformer,
     batch: &Batch,
@@ -30,20 +37,45 @@ pub fn causal_lm_loss(
     if width < 2 {
         candle_core::bail!("a batch needs rows of at least two tokens");
     }
-    let logits = model.forward(&inputs, None, lora)?; // (rows, width, vocab)
-    let predicting = logits.narrow(1, 0, width - 1)?.flatten_to(1)?; // (rows*(width-1), vocab)
-    let targets = inputs.tokens.narrow(1, 1, width - 1)?.flatten_all()?;
-    let mask: Vec<f32> = batch
+    let hidden = model.forward_hidden(&inputs, None, lora)?; // (rows, width, hidden)
+    let hidden_size = hidden.dim(2)?;
+    let predicting = hidden
+        .narrow(1, 0, width - 1)?
+        .reshape((rows * (width - 1), hidden_size))?;
+    let positions: Vec<u32> = batch
         .labels
         .iter()
-        .flat_map(|row| row.iter().skip(1).map(|&l| f32::from(u8::from(l))))
+        .enumerate()
+        .flat_map(|(r, row)| {
+            row.iter()
+                .skip(1)
+                .enumerate()
+                .filter(|(_, l)| **l)
+                .map(move |(t, _)| (r * (width - 1) + t) as u32)
+        })
         .collect();
-    let num_labels = mask.iter().filter(|m| **m > 0.0).count();
-    let mask = Tensor::from_vec(mask, rows * (width - 1), device)?;
-    let (mean, per_token) = ft_kernels::masked_cross_entropy(&predicting, &targets, &mask)?;
+    let num_labels = positions.len();
+    if num_labels == 0 {
+        candle_core::bail!("the batch has no label tokens");
+    }
+    let index = Tensor::from_vec(positions.clone(), num_labels, device)?;
+    let logits = model.logits(&predicting.index_select(&index, 0)?)?; // (labels, vocab)
+    let targets = inputs
+        .tokens
+        .narrow(1, 1, width - 1)?
+        .flatten_all()?
+        .index_select(&index, 0)?;
+    let ones = Tensor::ones(num_labels, DType::F32, device)?;
+    let (mean, nll) = ft_kernels::masked_cross_entropy(&logits, &targets, &ones)?;
+    let sum = nll.sum_all()?;
+    let mut per_token = vec![0f32; rows * (width - 1)];
+    for (&p, v) in positions.iter().zip(nll.detach().to_vec1::<f32>()?) {
+        per_token[p as usize] = v;
+    }
     Ok(BatchLoss {
+        sum,
         mean,
-        per_token: per_token.to_dtype(DType::F32)?.reshape((rows, width - 1))?,
+        per_token: Tensor::from_vec(per_token, (rows, width - 1), device)?,
         num_labels,
     })
 }

@@ -1,7 +1,7 @@
 //! The training loop: data → LoRA updates, with evaluation, early stopping, checkpoints and
 //! exact resume. Progress is reported through a callback; the library never prints.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -323,6 +323,12 @@ impl<'m> Trainer<'m> {
         });
 
         let params: Vec<(String, candle_core::Var)> = adapter.vars().to_vec();
+        let first_step = state.step + 1;
+        let mut pending_a: HashSet<String> = params
+            .iter()
+            .filter(|(n, _)| n.contains(".lora_A."))
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut stream = batcher.iter_from(state.cursor());
         let started = Instant::now();
         let mut last_loss = f64::NAN;
@@ -349,7 +355,7 @@ impl<'m> Trainer<'m> {
                 adapter.set_dropout_seed(Some(dropout_seed(self.config.seed, step, micro)));
                 let loss = causal_lm_loss(&self.model.model.transformer, batch, Some(&adapter))?;
                 // Token-weighted over the whole accumulation group, as HF's num_items_in_batch.
-                let scaled = (loss.per_token.sum_all()? / labels.max(1) as f64)?;
+                let scaled = (loss.sum / labels.max(1) as f64)?;
                 loss_sum += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 let store = scaled.backward()?;
                 for (name, var) in &params {
@@ -371,7 +377,7 @@ impl<'m> Trainer<'m> {
                     ),
                 });
             }
-            self.check_gradients(step, &params, &grads)?;
+            self.check_gradients(step == first_step, step, &params, &grads, &mut pending_a)?;
             let grad_norm = clip_grad_norm(&mut grads, self.config.max_grad_norm)?;
             let lr = schedule.lr(step);
             optimizer.step(&params, &grads, lr)?;
@@ -461,32 +467,51 @@ impl<'m> Trainer<'m> {
         })
     }
 
-    /// After the first steps, every LoRA matrix must get a gradient. With PEFT's
-    /// initialisation B is zero, so at step 1 only the B matrices can have one (dA = 0 exactly);
-    /// the A matrices are checked at step 2.
+    /// Every LoRA matrix must get a gradient. With PEFT's initialisation B is zero, so the A
+    /// matrices get exactly zero gradient until their B has moved (dA ∝ Bᵀ). So: every B is
+    /// checked at the first step of the run, and each A at the first step its B is non-zero.
     fn check_gradients(
         &self,
+        first_step: bool,
         step: usize,
         params: &[(String, candle_core::Var)],
         grads: &HashMap<String, Tensor>,
+        pending_a: &mut HashSet<String>,
     ) -> Result<()> {
-        let matrix = match step {
-            1 => ".lora_B.",
-            2 => ".lora_A.",
-            _ => return Ok(()),
-        };
-        for (name, _) in params.iter().filter(|(n, _)| n.contains(matrix)) {
-            let zero = match grads.get(name) {
-                Some(g) => {
-                    g.abs()?
+        let is_zero = |t: Option<&Tensor>| -> Result<bool> {
+            Ok(match t {
+                Some(t) => {
+                    t.abs()?
                         .max_all()?
                         .to_dtype(DType::F32)?
                         .to_scalar::<f32>()?
                         == 0.0
                 }
                 None => true,
-            };
-            if zero {
+            })
+        };
+        let values: HashMap<&str, &Tensor> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor()))
+            .collect();
+        let mut to_check: Vec<String> = Vec::new();
+        if first_step {
+            to_check.extend(
+                params
+                    .iter()
+                    .filter(|(n, _)| n.contains(".lora_B."))
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        for a in pending_a.clone() {
+            let b = a.replace(".lora_A.", ".lora_B.");
+            if !is_zero(values.get(b.as_str()).copied())? {
+                pending_a.remove(&a);
+                to_check.push(a);
+            }
+        }
+        for name in to_check {
+            if is_zero(grads.get(&name))? {
                 return Err(Error::Diverged {
                     step,
                     reason: format!("{name} got an all-zero gradient: the gradient does not reach this LoRA parameter"),

@@ -272,6 +272,15 @@ fn refuses_bad_inputs_and_recovers_from_a_corrupt_checkpoint() -> Result<()> {
     assert_eq!(skipped, [run.join("checkpoints/step-2")]);
     assert_eq!(resumed.steps, 3);
 
+    // Warmup makes step 1's learning rate 0, so B stays 0 and A's gradient is legitimately 0 at
+    // step 2: the gradient check must wait for B to move instead of stopping the run.
+    let warm = TrainConfig {
+        max_steps: Some(3),
+        warmup_steps: Some(1),
+        ..config.clone()
+    };
+    Trainer::new(&model, warm, options(&dir.path().join("warm"))).run(&mut |_| {})?;
+
     // A diverging run stops with a clear message.
     let err = Trainer::new(
         &model,
