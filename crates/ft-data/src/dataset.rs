@@ -129,7 +129,7 @@ pub fn read_dataset(
 ) -> Result<(Vec<TokenizedExample>, Report)> {
     let io_error = |e| Error::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
     let mut report = Report {

@@ -309,7 +309,7 @@ pub fn clean_dataset(
 ) -> Result<(Vec<RawExample>, PrepareReport)> {
     let io_error = |e| Error::Io {
         path: input.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let reader = BufReader::new(File::open(input).map_err(io_error)?);
     let mut report = PrepareReport::default();
@@ -386,7 +386,7 @@ pub fn split(examples: Vec<RawExample>, options: &PrepareOptions) -> [Vec<RawExa
 pub fn prepare(input: &Path, out: &Path, options: &PrepareOptions) -> Result<PrepareReport> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
-        move |e| Error::Io { path, source: e }
+        move |e| Error::Io { path, cause: e }
     };
     if out.exists()
         && std::fs::read_dir(out)
@@ -396,7 +396,7 @@ pub fn prepare(input: &Path, out: &Path, options: &PrepareOptions) -> Result<Pre
     {
         return Err(Error::Io {
             path: out.to_path_buf(),
-            source: std::io::Error::new(
+            cause: std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 "output directory is not empty; choose another --out or remove it",
             ),

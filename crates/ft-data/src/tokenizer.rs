@@ -114,7 +114,7 @@ impl Tokenizer {
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
             tokenizer_error(
