@@ -5,7 +5,6 @@
 //! (e.g. `smollm` splits every digit, then applies the GPT-2 byte-level regex, which is what the
 //! model's own `tokenizer.json` does).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -350,15 +349,4 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
-}
-
-/// Token ids of every special token by its text, for tests and diagnostics.
-pub fn special_token_ids(tokenizer: &Tokenizer) -> HashMap<String, u32> {
-    tokenizer
-        .inner
-        .get_added_tokens_decoder()
-        .into_iter()
-        .filter(|(_, t)| t.special)
-        .map(|(id, t)| (t.content, id))
-        .collect()
 }

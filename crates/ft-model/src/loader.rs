@@ -36,13 +36,6 @@ pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<Loaded
     }
 }
 
-/// Reads the GGUF header (metadata and tensor index) of `path`.
-pub fn read_gguf_content(path: &Path) -> Result<Content> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    Content::read(&mut reader).map_err(|e| gguf_error(path, describe_gguf_error(&e)))
-}
-
 fn gguf_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Gguf {
         path: path.to_path_buf(),

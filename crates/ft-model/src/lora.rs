@@ -369,30 +369,4 @@ impl LoraAdapter {
             dropout: LoraDropout::new(0.0),
         }
     }
-
-    /// Moves the adapter to `device` (inference copies only).
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let modules = self
-            .modules
-            .iter()
-            .map(|(path, m)| {
-                Ok((
-                    path.clone(),
-                    LoraModule {
-                        a: m.a.to_device(device)?,
-                        b: m.b.to_device(device)?,
-                        scale: m.scale,
-                        dropout: None,
-                    },
-                ))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            config: self.config.clone(),
-            modules,
-            vars: Vec::new(),
-            base_fingerprint: self.base_fingerprint.clone(),
-            dropout: LoraDropout::new(0.0),
-        })
-    }
 }
