@@ -5,6 +5,8 @@
 //! - [`data`]: tokenizers and chat templates (`ft-data`).
 //! - [`kernels`]: ops with correct, cheap backward passes (`ft-kernels`).
 //! - [`train`]: the LoRA training loop, optimizer and checkpoints (`ft-train`).
+//! - [`serve`]: the OpenAI-compatible server, its engine and adapter registry (`ft-serve`).
+//! - [`eval`]: test-split metrics, LLM-as-judge, reports and gates (`ft-eval`).
 //! - [`hub`]: turning `--model` (a GGUF file, an HF directory or a Hub id) into a local path.
 //!
 //! ```no_run
@@ -25,6 +27,8 @@ pub mod hub;
 
 pub use ft_core as core;
 pub use ft_data as data;
+pub use ft_eval as eval;
 pub use ft_kernels as kernels;
 pub use ft_model as model;
+pub use ft_serve as serve;
 pub use ft_train as train;

@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 
 mod common;
 mod data;
+mod eval;
 mod generate;
 mod score;
+mod serve;
 mod train;
 
 /// Fine-tune LoRA adapters on a frozen base model and serve them.
@@ -26,7 +28,16 @@ enum Command {
     Data(data::Args),
     /// Train a LoRA adapter on a JSONL dataset.
     Train(Box<train::Args>),
+    /// Serve the base model and adapters over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
+    /// Evaluate the base model and adapters on a test split (metrics, judge, report, gate).
+    Eval(Box<eval::Args>),
 }
+
+/// `ft eval --gate` found an adapter that does not pass: exit status 1 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("gate failed: at least one adapter does not pass (see the Gate section above)")]
+pub struct GateFailed;
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,6 +46,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(args),
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(*args),
+        Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => {
+            if eval::run(*args)? {
+                Ok(())
+            } else {
+                Err(GateFailed.into())
+            }
+        }
     }
 }
 

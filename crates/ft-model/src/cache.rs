@@ -1,37 +1,68 @@
 //! The KV cache: keys and values of the tokens seen so far, per layer, for a batch of rows.
+//!
+//! Each layer keeps a preallocated buffer that doubles when full, so appending one decoded
+//! token writes one slot instead of copying everything cached so far (as `cat` would).
 
 use candle_core::{Result, Tensor};
 
+/// Slots allocated on the first append beyond what it needs, so short generations never grow.
+const MIN_CAPACITY: usize = 64;
+
 /// Keys and values of one layer, `(batch, kv_heads, len, head_dim)` each.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
+    /// `(keys, values)` buffers of `capacity` slots along dimension 2; the first `len` are used.
+    buffers: Option<(Tensor, Tensor)>,
+    len: usize,
 }
 
 impl LayerCache {
-    /// Appends new keys/values along the sequence and returns everything cached.
+    fn capacity(&self) -> usize {
+        self.buffers
+            .as_ref()
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// Appends new keys/values along the sequence and returns everything cached (views of the
+    /// buffers).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.kv {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-            None => (k.clone(), v.clone()),
+        let new = k.dim(2)?;
+        let needed = self.len + new;
+        if needed > self.capacity() {
+            let (b, heads, _, d) = k.dims4()?;
+            let capacity = (needed * 2).max(MIN_CAPACITY);
+            let grown_k = Tensor::zeros((b, heads, capacity, d), k.dtype(), k.device())?;
+            let grown_v = Tensor::zeros((b, heads, capacity, d), v.dtype(), v.device())?;
+            if let Some((old_k, old_v)) = &self.buffers {
+                grown_k.slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                grown_v.slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            self.buffers = Some((grown_k, grown_v));
+        }
+        let Some((buf_k, buf_v)) = &self.buffers else {
+            candle_core::bail!("KV cache buffers missing after allocation");
         };
-        self.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        buf_k.slice_set(&k.contiguous()?, 2, self.len)?;
+        buf_v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((buf_k.narrow(2, 0, needed)?, buf_v.narrow(2, 0, needed)?))
     }
 
     /// Cached sequence length.
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.len
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.kv.is_none()
+        self.len == 0
     }
 }
 
 /// One [`LayerCache`] per block. Passed to `forward` as `&mut`; the model itself stays shared.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: the buffers are written in place, so two clones would overwrite each other.
+#[derive(Debug)]
 pub struct Cache {
     layers: Vec<LayerCache>,
 }
@@ -40,7 +71,7 @@ impl Cache {
     /// An empty cache for `num_layers` blocks.
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![LayerCache::default(); num_layers],
+            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
         }
     }
 

@@ -3,7 +3,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::lora::LoraAdapter;
+use crate::lora::Lora;
 use crate::model::{Inputs, Transformer};
 
 /// How the next token is chosen.
@@ -112,12 +112,14 @@ pub struct GenerateParams {
 
 /// Generates continuations of every prompt in one batch (prompts of different lengths are
 /// left-padded and masked). Returns the new token ids of each row, stop token included.
-pub fn generate(
+/// With [`Lora::Rows`], each prompt decodes under its own adapter in the same batch.
+pub fn generate<'a>(
     model: &Transformer,
     prompts: &[Vec<u32>],
     params: &GenerateParams,
-    lora: Option<&LoraAdapter>,
+    lora: impl Into<Lora<'a>>,
 ) -> Result<Vec<Vec<u32>>> {
+    let lora = lora.into();
     let device = model.device();
     let batch = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -186,10 +188,10 @@ pub fn generate(
 
 /// Negative log-likelihood of each token given the ones before it: `nll[i]` is for
 /// `tokens[i + 1]`. One row, no padding.
-pub fn token_nll(
+pub fn token_nll<'a>(
     model: &Transformer,
     tokens: &[u32],
-    lora: Option<&LoraAdapter>,
+    lora: impl Into<Lora<'a>>,
 ) -> Result<Vec<f32>> {
     if tokens.len() < 2 {
         candle_core::bail!("scoring needs at least two tokens, got {}", tokens.len());

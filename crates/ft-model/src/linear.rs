@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::lora::LoraAdapter;
+use crate::lora::Lora;
 
 /// `y = x·Wᵀ + b`, plus `scale · x·Aᵀ·Bᵀ` when the adapter in use targets this module.
 #[derive(Debug, Clone)]
@@ -59,14 +59,18 @@ impl Linear {
     }
 
     /// `x: (.., in)` → `(.., out)`.
-    pub fn forward(&self, x: &Tensor, lora: Option<&LoraAdapter>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, lora: Lora) -> Result<Tensor> {
         let mut y = ft_kernels::frozen_linear(x, &self.weight)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
-        if let Some(module) = lora.and_then(|adapter| adapter.module(&self.path)) {
-            y = (y + module.forward(x)?)?;
+        match lora {
+            Lora::None => Ok(y),
+            Lora::One(adapter) => match adapter.module(&self.path) {
+                Some(module) => y + module.forward(x)?,
+                None => Ok(y),
+            },
+            Lora::Rows(rows) => rows.add_updates(&self.path, x, y),
         }
-        Ok(y)
     }
 }

@@ -370,3 +370,93 @@ impl LoraAdapter {
         }
     }
 }
+
+/// Which adapter a forward pass applies: none, one for every row, or one per row.
+///
+/// `Option<&LoraAdapter>` and `&RowAdapters` convert into it, so `forward(.., None)` and
+/// `forward(.., Some(&adapter))` read as before.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Lora<'a> {
+    /// The frozen base alone.
+    #[default]
+    None,
+    /// The same adapter for every row.
+    One(&'a LoraAdapter),
+    /// Different adapters for different rows of one batch.
+    Rows(&'a RowAdapters),
+}
+
+impl<'a> From<Option<&'a LoraAdapter>> for Lora<'a> {
+    fn from(adapter: Option<&'a LoraAdapter>) -> Self {
+        adapter.map_or(Self::None, Self::One)
+    }
+}
+
+impl<'a> From<&'a LoraAdapter> for Lora<'a> {
+    fn from(adapter: &'a LoraAdapter) -> Self {
+        Self::One(adapter)
+    }
+}
+
+impl<'a> From<&'a RowAdapters> for Lora<'a> {
+    fn from(rows: &'a RowAdapters) -> Self {
+        Self::Rows(rows)
+    }
+}
+
+/// Rows of a batch grouped by adapter: the frozen base runs once for the whole batch and each
+/// adapter's low-rank update only on its own rows (rows without an adapter get none).
+#[derive(Debug, Clone)]
+pub struct RowAdapters {
+    /// Each adapter with the `u32` indices of its rows (along dimension 0).
+    groups: Vec<(Arc<LoraAdapter>, Tensor)>,
+    rows: usize,
+}
+
+impl RowAdapters {
+    /// Groups `per_row` (the adapter of each row, `None` for the base) by adapter identity.
+    pub fn new(per_row: &[Option<Arc<LoraAdapter>>], device: &Device) -> Result<Self> {
+        let mut groups: Vec<(Arc<LoraAdapter>, Vec<u32>)> = Vec::new();
+        for (row, adapter) in per_row.iter().enumerate() {
+            let Some(adapter) = adapter else { continue };
+            match groups.iter_mut().find(|(a, _)| Arc::ptr_eq(a, adapter)) {
+                Some((_, rows)) => rows.push(row as u32),
+                None => groups.push((adapter.clone(), vec![row as u32])),
+            }
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(adapter, rows)| {
+                let n = rows.len();
+                Ok((adapter, Tensor::from_vec(rows, n, device)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            groups,
+            rows: per_row.len(),
+        })
+    }
+
+    /// The low-rank updates of module `path` for `x: (rows, .., in)`, added to `y: (rows, .., out)`.
+    pub(crate) fn add_updates(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
+        if x.dim(0)? != self.rows {
+            candle_core::bail!(
+                "adapters were assigned to {} rows but the batch has {}",
+                self.rows,
+                x.dim(0)?
+            );
+        }
+        for (adapter, rows) in &self.groups {
+            let Some(module) = adapter.module(path) else {
+                continue;
+            };
+            if rows.dim(0)? == self.rows {
+                y = (y + module.forward(x)?)?;
+            } else {
+                let update = module.forward(&x.index_select(rows, 0)?)?;
+                y = y.index_add(rows, &update, 0)?;
+            }
+        }
+        Ok(y)
+    }
+}

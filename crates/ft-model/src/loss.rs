@@ -109,3 +109,50 @@ pub fn per_example_nll(batch: &Batch, per_token: &Tensor) -> Result<Vec<f32>> {
     }
     Ok(sums)
 }
+
+/// Teacher-forced NLL of a whole dataset: the mean over every label token, and per example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetNll {
+    /// Mean NLL per label token over the dataset (what `ft train` logs as `eval_loss`).
+    pub mean: f64,
+    /// Label tokens in the dataset.
+    pub num_labels: usize,
+    /// `(NLL sum, label tokens)` of each example, by its index in the batcher.
+    pub per_example: Vec<(f64, usize)>,
+}
+
+/// Runs `batcher`'s batches (epoch 0 order; build it without packing) through the model with
+/// `lora` and no gradient. The one evaluation loss of `ft train` and `ft eval`.
+pub fn dataset_nll(
+    model: &Transformer,
+    batcher: &ft_data::Batcher,
+    lora: Option<&LoraAdapter>,
+) -> Result<DatasetNll> {
+    let frozen = lora.map(LoraAdapter::detached);
+    let (mut total, mut count) = (0f64, 0usize);
+    let mut per_example = vec![(0f64, 0usize); batcher.examples().len()];
+    for rows in batcher.plan(0) {
+        let batch = batcher.batch(&rows);
+        let loss = causal_lm_loss(model, &batch, frozen.as_ref())?;
+        total += loss
+            .per_token
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        count += loss.num_labels;
+        if batch.segments.is_none() {
+            let sums = per_example_nll(&batch, &loss.per_token)?;
+            for ((example, sum), labels) in batch.examples.iter().zip(sums).zip(&batch.labels) {
+                let n = labels.iter().skip(1).filter(|l| **l).count();
+                if let Some(slot) = per_example.get_mut(*example) {
+                    *slot = (sum as f64, n);
+                }
+            }
+        }
+    }
+    Ok(DatasetNll {
+        mean: total / count.max(1) as f64,
+        num_labels: count,
+        per_example,
+    })
+}

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
 use crate::linear::Linear;
-use crate::lora::LoraAdapter;
+use crate::lora::Lora;
 use ft_kernels::{rms_norm, rope, RopeTables};
 
 /// What one forward pass reads: the new tokens of each row, their positions, and which keys
@@ -137,16 +137,14 @@ impl Attention {
     }
 
     /// # Shapes
-    /// `x: (batch, seq, hidden)`, `cos/sin: (batch, seq, head_dim/2)`,
-    /// `bias: (batch, 1, 1, seq, past + seq)` → `(batch, seq, hidden)`.
+    /// `x: (batch, seq, hidden)`, `cos/sin: (batch, seq, head_dim/2)` → `(batch, seq, hidden)`.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: &Tensor,
-        cache: Option<&mut LayerCache>,
-        lora: Option<&LoraAdapter>,
+        kv: KvSource,
+        lora: Lora,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -159,26 +157,72 @@ impl Attention {
         let q = rope(&heads(&self.q_proj, h)?, cos, sin)?;
         let k = rope(&heads(&self.k_proj, kvh)?, cos, sin)?;
         let v = heads(&self.v_proj, kvh)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        }; // (b, kvh, total, d)
-        let total = k.dim(2)?;
+        let out = match kv {
+            KvSource::Batch { bias, cache } => {
+                let (k, v) = match cache {
+                    Some(cache) => cache.append(&k, &v)?,
+                    None => (k, v),
+                }; // (b, kvh, total, d)
+                self.attend(&q, &k, &v, Some(bias))?
+            }
+            KvSource::PerRow(caches) => {
+                if caches.len() != b || t != 1 {
+                    candle_core::bail!(
+                        "per-row decoding takes one new token per row and one cache per row \
+                         (got {b} rows of {t} tokens and {} caches)",
+                        caches.len()
+                    );
+                }
+                let rows = caches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(row, cache)| {
+                        let (k, v) = cache.append(&k.narrow(0, row, 1)?, &v.narrow(0, row, 1)?)?;
+                        self.attend(&q.narrow(0, row, 1)?, &k, &v, None)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        }; // (b, h, t, d)
+        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
+        self.o_proj.forward(&out, lora)
+    }
+
+    /// Scaled dot-product attention of `q: (b, heads, t, d)` over `k, v: (b, kv_heads, total, d)`,
+    /// with an additive `bias: (b, 1, 1, t, total)` (none: every key is visible) → `(b, heads, t, d)`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let (kvh, total) = (k.dim(1)?, k.dim(2)?);
         // Group the query heads that share a kv head instead of copying k/v per query head.
         let n_rep = h / kvh;
         let q = q.reshape((b, kvh, n_rep * t, d))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (b, kvh, n_rep*t, total)
-        let scores = scores
-            .reshape((b, kvh, n_rep, t, total))?
-            .broadcast_add(bias)?;
-        let probs = softmax_last_dim(&scores)?.reshape((b, kvh, n_rep * t, total))?;
-        let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, n_rep*t, d)
-        let out = out
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
-        self.o_proj.forward(&out, lora)
+        let scores = match bias {
+            Some(bias) => scores
+                .reshape((b, kvh, n_rep, t, total))?
+                .broadcast_add(bias)?
+                .reshape((b, kvh, n_rep * t, total))?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        probs.matmul(v)?.reshape((b, h, t, d))
     }
+}
+
+/// Where attention reads the keys and values of earlier tokens from.
+#[derive(Debug)]
+pub enum KvSource<'c> {
+    /// Rows share one cache (or none, in training) and are padded and masked by `bias`
+    /// `(batch, 1, 1, seq, past + seq)`.
+    Batch {
+        /// The additive mask.
+        bias: &'c Tensor,
+        /// The block's cache, when decoding.
+        cache: Option<&'c mut LayerCache>,
+    },
+    /// Each row has its own cache and one new token that sees all of it: sequences of
+    /// different lengths decoded together (continuous batching).
+    PerRow(Vec<&'c mut LayerCache>),
 }
 
 /// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
@@ -206,7 +250,7 @@ impl Mlp {
     }
 
     /// `x: (batch, seq, hidden)` → `(batch, seq, hidden)`.
-    pub fn forward(&self, x: &Tensor, lora: Option<&LoraAdapter>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, lora: Lora) -> Result<Tensor> {
         let gate = candle_nn::Activation::Silu.forward(&self.gate_proj.forward(x, lora)?)?;
         let up = self.up_proj.forward(x, lora)?;
         self.down_proj.forward(&(gate * up)?, lora)
@@ -242,14 +286,11 @@ impl Block {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: &Tensor,
-        cache: Option<&mut LayerCache>,
-        lora: Option<&LoraAdapter>,
+        kv: KvSource,
+        lora: Lora,
     ) -> Result<Tensor> {
         let normed = rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let x = (x + self
-            .self_attn
-            .forward(&normed, cos, sin, bias, cache, lora)?)?;
+        let x = (x + self.self_attn.forward(&normed, cos, sin, kv, lora)?)?;
         let normed = rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
         x + self.mlp.forward(&normed, lora)?
     }
@@ -328,27 +369,35 @@ impl Transformer {
         Cache::new(self.layers.len())
     }
 
-    /// Runs the blocks and the final norm: `(batch, seq, hidden)` hidden states of the new
-    /// tokens. With a cache, earlier tokens are read from it and the new ones appended.
-    pub fn forward_hidden(
-        &self,
-        inputs: &Inputs,
-        mut cache: Option<&mut Cache>,
-        lora: Option<&LoraAdapter>,
-    ) -> Result<Tensor> {
-        let (batch, seq) = inputs.tokens.dims2()?;
-        let max_position = inputs.positions.max_all()?.to_scalar::<u32>()? as usize;
+    /// Token embeddings `(batch, seq, hidden)` and RoPE tables of `tokens` at `positions`.
+    fn embed(&self, tokens: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (batch, seq) = tokens.dims2()?;
+        let max_position = positions.max_all()?.to_scalar::<u32>()? as usize;
         if max_position >= self.rope.max_positions() {
             candle_core::bail!(
                 "position {max_position} is past the model's context of {} tokens",
                 self.rope.max_positions()
             );
         }
-        let mut x = self
+        let x = self
             .embed_tokens
-            .index_select(&inputs.tokens.flatten_all()?, 0)?
+            .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, seq, self.config.hidden_size))?;
-        let (cos, sin) = self.rope.gather(&inputs.positions)?;
+        let (cos, sin) = self.rope.gather(positions)?;
+        Ok((x, cos, sin))
+    }
+
+    /// Runs the blocks and the final norm: `(batch, seq, hidden)` hidden states of the new
+    /// tokens. With a cache, earlier tokens are read from it and the new ones appended.
+    pub fn forward_hidden<'a>(
+        &self,
+        inputs: &Inputs,
+        mut cache: Option<&mut Cache>,
+        lora: impl Into<Lora<'a>>,
+    ) -> Result<Tensor> {
+        let lora = lora.into();
+        let seq = inputs.tokens.dim(1)?;
+        let (mut x, cos, sin) = self.embed(&inputs.tokens, &inputs.positions)?;
         let bias = attention_bias(
             &inputs.key_mask,
             inputs.segments.as_deref(),
@@ -357,10 +406,43 @@ impl Transformer {
             x.device(),
         )?;
         for (i, block) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = block.forward(&x, &cos, &sin, &bias, layer_cache, lora)?;
+            let cache = cache.as_deref_mut().map(|c| c.layer(i));
+            let kv = KvSource::Batch { bias: &bias, cache };
+            x = block.forward(&x, &cos, &sin, kv, lora)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// One decoding step for sequences that each have their own cache (of any length): row
+    /// `i` feeds `tokens[i]` at `positions[i]` and reads `caches[i]`. Returns the next-token
+    /// logits `(rows, vocab)`. This is how a server batches requests that started at
+    /// different times.
+    pub fn decode_rows<'a>(
+        &self,
+        tokens: &[u32],
+        positions: &[u32],
+        caches: &mut [&mut Cache],
+        lora: impl Into<Lora<'a>>,
+    ) -> Result<Tensor> {
+        let lora = lora.into();
+        let rows = tokens.len();
+        if positions.len() != rows || caches.len() != rows {
+            candle_core::bail!(
+                "decode_rows: {rows} tokens, {} positions and {} caches",
+                positions.len(),
+                caches.len()
+            );
+        }
+        let device = self.device();
+        let tokens = Tensor::from_slice(tokens, (rows, 1), device)?;
+        let positions = Tensor::from_slice(positions, (rows, 1), device)?;
+        let (mut x, cos, sin) = self.embed(&tokens, &positions)?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let kv = KvSource::PerRow(caches.iter_mut().map(|c| c.layer(i)).collect());
+            x = block.forward(&x, &cos, &sin, kv, lora)?;
+        }
+        let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
+        self.logits(&hidden.squeeze(1)?)
     }
 
     /// Projects hidden states `(.., hidden)` to vocabulary logits `(.., vocab)`.
@@ -369,11 +451,11 @@ impl Transformer {
     }
 
     /// Logits `(batch, seq, vocab)` for every new token.
-    pub fn forward(
+    pub fn forward<'a>(
         &self,
         inputs: &Inputs,
         cache: Option<&mut Cache>,
-        lora: Option<&LoraAdapter>,
+        lora: impl Into<Lora<'a>>,
     ) -> Result<Tensor> {
         self.logits(&self.forward_hidden(inputs, cache, lora)?)
     }

@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use ft_data::dataset::{read_dataset, ReadOptions, Report};
 use ft_data::{Batch, BatchConfig, Batcher, ExampleTokenizer, TokenizedExample};
 use ft_model::adapter_io::{save_adapter, LoadOptions};
-use ft_model::loss::causal_lm_loss;
+use ft_model::loss::{causal_lm_loss, dataset_nll};
 use ft_model::{LoraAdapter, LoraConfig, TargetModules, TextModel};
 
 use crate::checkpoint::{self, TrainerState};
@@ -253,21 +253,10 @@ impl<'m> Trainer<'m> {
         }
     }
 
-    /// Mean NLL over the label tokens of `batches` with a frozen copy of `adapter`.
+    /// Mean NLL over the label tokens of `batcher` with a frozen copy of `adapter` (the same
+    /// function `ft eval` reports as `loss`).
     fn evaluate(&self, batcher: &Batcher, adapter: &LoraAdapter) -> Result<f64> {
-        let frozen = adapter.detached();
-        let (mut total, mut count) = (0f64, 0usize);
-        for rows in batcher.plan(0) {
-            let batch = batcher.batch(&rows);
-            let loss = causal_lm_loss(&self.model.model.transformer, &batch, Some(&frozen))?;
-            total += loss
-                .per_token
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            count += loss.num_labels;
-        }
-        Ok(total / count.max(1) as f64)
+        Ok(dataset_nll(&self.model.model.transformer, batcher, Some(adapter))?.mean)
     }
 
     /// Runs training to the end (or early stop, or a stop request), calling `on_event` as it

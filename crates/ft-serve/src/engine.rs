@@ -1,0 +1,437 @@
+//! The engine: one scheduler thread owns the model and runs continuous batching.
+//!
+//! Every step it admits waiting requests (prefilling each prompt into the sequence's own KV
+//! cache), then decodes one token for every running sequence in one batch — the base matmuls
+//! once for all rows, each adapter's low-rank update on its own rows
+//! ([`ft_model::RowAdapters`]). A sequence leaves the batch the step it finishes, or as soon
+//! as its client stops listening; its cache goes with it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use candle_core::{DType, Tensor};
+use ft_model::generate::{LogitsProcessor, SamplingParams};
+use ft_model::{Cache, Inputs, Lora, LoraAdapter, RowAdapters, TextModel};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::ApiError;
+use crate::registry::ResolvedAdapter;
+
+/// Limits of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most sequences waiting for a slot; beyond it requests get 429.
+    pub max_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_queue: 256,
+        }
+    }
+}
+
+/// Why a sequence stopped, as OpenAI's `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+impl FinishReason {
+    /// `stop` or `length`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// What the engine reports about one sequence (choice `index` of its request).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (never splits a character, never shows part of a stop string).
+    Delta {
+        /// The choice.
+        index: usize,
+        /// The text.
+        text: String,
+    },
+    /// The sequence is done.
+    Done {
+        /// The choice.
+        index: usize,
+        /// Why.
+        finish: FinishReason,
+        /// Tokens generated (end-of-turn token included).
+        completion_tokens: usize,
+    },
+    /// The model failed on this sequence.
+    Failed {
+        /// The choice.
+        index: usize,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One sequence to generate.
+#[derive(Debug)]
+pub struct SequenceRequest {
+    /// Prompt token ids (non-empty).
+    pub prompt_ids: Vec<u32>,
+    /// The adapter version to use from first to last token; `None` for the base.
+    pub adapter: Option<ResolvedAdapter>,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Choice index reported in events.
+    pub index: usize,
+    /// Where events go; dropping the receiver cancels the sequence.
+    pub events: UnboundedSender<Event>,
+}
+
+struct Shared {
+    model: Arc<TextModel>,
+    config: EngineConfig,
+    queue: Mutex<VecDeque<SequenceRequest>>,
+    wake: Condvar,
+    running: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+/// A handle to the engine; clones share it. The scheduler stops when [`Engine::shutdown`] is
+/// called.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.shared.config)
+            .field("queued", &self.queue_depth())
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts the scheduler thread for `model`.
+    pub fn start(model: Arc<TextModel>, config: EngineConfig) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            model,
+            config,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            running: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("ft-scheduler".into())
+            .spawn(move || Scheduler::new(worker).run())?;
+        Ok(Self { shared })
+    }
+
+    /// The model it serves.
+    pub fn model(&self) -> &Arc<TextModel> {
+        &self.shared.model
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SequenceRequest>> {
+        // Only push/pop happen under the lock, so a poisoned queue is still consistent.
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the sequences of one request (all or none): 429 when the queue is full, 503
+    /// after shutdown.
+    pub fn submit(&self, sequences: Vec<SequenceRequest>) -> Result<(), ApiError> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(ApiError::unavailable("the engine is shutting down"));
+        }
+        let mut queue = self.queue();
+        if queue.len() + sequences.len() > self.shared.config.max_queue {
+            return Err(ApiError::overloaded(queue.len()));
+        }
+        queue.extend(sequences);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sequences waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Sequences being decoded.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Stops the scheduler after its current step; queued requests are dropped (their
+    /// clients see the stream end).
+    pub fn shutdown(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.queue().clear();
+        self.shared.wake.notify_all();
+    }
+}
+
+/// A running sequence: its request, cache and the text sent so far.
+struct Sequence {
+    request: SequenceRequest,
+    cache: Cache,
+    sampler: LogitsProcessor,
+    generated: Vec<u32>,
+    /// The last sampled token, fed at the next step at `position`.
+    next_token: u32,
+    position: u32,
+    emitted: String,
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    running: Vec<Sequence>,
+}
+
+impl Scheduler {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            running: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let admitted = {
+                let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                while self.running.is_empty()
+                    && queue.is_empty()
+                    && !self.shared.stopped.load(Ordering::SeqCst)
+                {
+                    queue = self.shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                }
+                if self.shared.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let free = self.shared.config.max_batch.saturating_sub(self.running.len());
+                let n = free.min(queue.len());
+                queue.drain(..n).collect::<Vec<_>>()
+            };
+            for request in admitted {
+                if request.events.is_closed() {
+                    continue;
+                }
+                let (index, events) = (request.index, request.events.clone());
+                match self.prefill(request) {
+                    Ok(Some(sequence)) => self.running.push(sequence),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let message = ft_core::error::one_line(&e);
+                        tracing::error!(%message, "prefill failed");
+                        let _ = events.send(Event::Failed { index, message });
+                    }
+                }
+            }
+            self.shared.running.store(self.running.len(), Ordering::SeqCst);
+            if self.running.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.step() {
+                let message = ft_core::error::one_line(&e);
+                tracing::error!(%message, "decode step failed; ending its sequences");
+                for sequence in self.running.drain(..) {
+                    let index = sequence.request.index;
+                    let _ = sequence.request.events.send(Event::Failed {
+                        index,
+                        message: message.clone(),
+                    });
+                }
+            }
+            self.shared.running.store(self.running.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// Runs the prompt into a fresh cache and samples the first token. `None` when the
+    /// sequence already finished (or its client left).
+    fn prefill(&self, request: SequenceRequest) -> candle_core::Result<Option<Sequence>> {
+        let model = &self.shared.model.model.transformer;
+        let n = request.prompt_ids.len();
+        let tokens = Tensor::new(request.prompt_ids.as_slice(), model.device())?.unsqueeze(0)?;
+        let inputs = Inputs::from_attention_mask(&tokens, &[vec![1u8; n]])?;
+        let mut cache = model.new_cache();
+        let lora: Option<&LoraAdapter> = request.adapter.as_ref().map(|a| a.adapter.as_ref());
+        let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?;
+        let logits = model
+            .logits(&hidden.narrow(1, n - 1, 1)?)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let mut sequence = Sequence {
+            sampler: LogitsProcessor::new(request.sampling.clone()),
+            request,
+            cache,
+            generated: Vec::new(),
+            next_token: 0,
+            position: n as u32,
+            emitted: String::new(),
+        };
+        let token = sequence.sampler.sample(&logits);
+        Ok(self.advance(&mut sequence, token).then_some(sequence))
+    }
+
+    /// One decoding step for every running sequence; drops the ones that finish.
+    fn step(&mut self) -> candle_core::Result<()> {
+        let model = &self.shared.model.model.transformer;
+        let tokens: Vec<u32> = self.running.iter().map(|s| s.next_token).collect();
+        let positions: Vec<u32> = self.running.iter().map(|s| s.position).collect();
+        let per_row: Vec<Option<Arc<LoraAdapter>>> = self
+            .running
+            .iter()
+            .map(|s| s.request.adapter.as_ref().map(|a| a.adapter.clone()))
+            .collect();
+        let rows = if per_row.iter().any(Option::is_some) {
+            Some(RowAdapters::new(&per_row, model.device())?)
+        } else {
+            None
+        };
+        let lora = rows.as_ref().map_or(Lora::None, Lora::Rows);
+        let logits = {
+            let mut caches: Vec<&mut Cache> = self.running.iter_mut().map(|s| &mut s.cache).collect();
+            model.decode_rows(&tokens, &positions, &mut caches, lora)?
+        };
+        let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let mut still_running = Vec::with_capacity(self.running.len());
+        let running = std::mem::take(&mut self.running);
+        for (mut sequence, row_logits) in running.into_iter().zip(logits) {
+            sequence.position += 1;
+            let token = sequence.sampler.sample(&row_logits);
+            if self.advance(&mut sequence, token) {
+                still_running.push(sequence);
+            }
+        }
+        self.running = still_running;
+        Ok(())
+    }
+
+    /// Takes a sampled token: sends the new text, decides whether the sequence goes on.
+    fn advance(&self, sequence: &mut Sequence, token: u32) -> bool {
+        let index = sequence.request.index;
+        if sequence.request.events.is_closed() {
+            return false;
+        }
+        let tokenizer = &self.shared.model.tokenizer;
+        sequence.generated.push(token);
+        let text = match tokenizer.decode(&sequence.generated, true) {
+            Ok(text) => text,
+            Err(e) => {
+                let message = e.to_string();
+                let _ = sequence.request.events.send(Event::Failed { index, message });
+                return false;
+            }
+        };
+        let stop = &sequence.request.stop;
+        let context = self.shared.model.model.transformer.config().max_position_embeddings;
+        let finished = if let Some(at) = first_stop(&text, stop) {
+            Some((&text[..at], FinishReason::Stop))
+        } else if tokenizer.eos_ids().contains(&token) {
+            Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Stop))
+        } else if sequence.generated.len() >= sequence.request.max_tokens
+            || sequence.position as usize + 1 >= context
+        {
+            Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Length))
+        } else {
+            None
+        };
+        match finished {
+            Some((final_text, finish)) => {
+                let final_text = final_text.to_string();
+                send_delta(sequence, &final_text);
+                let _ = sequence.request.events.send(Event::Done {
+                    index,
+                    finish,
+                    completion_tokens: sequence.generated.len(),
+                });
+                false
+            }
+            None => {
+                let shown = safe_prefix(&text, stop).to_string();
+                send_delta(sequence, &shown);
+                sequence.next_token = token;
+                true
+            }
+        }
+    }
+}
+
+/// Sends the part of `text` after what was already emitted.
+fn send_delta(sequence: &mut Sequence, text: &str) {
+    let Some(new) = text.strip_prefix(sequence.emitted.as_str()) else {
+        return; // decoding changed earlier text (rare); send nothing rather than garbage
+    };
+    if new.is_empty() {
+        return;
+    }
+    let _ = sequence.request.events.send(Event::Delta {
+        index: sequence.request.index,
+        text: new.to_string(),
+    });
+    sequence.emitted.push_str(new);
+}
+
+/// Byte offset of the earliest stop string in `text`.
+fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// The part of `text` that can be shown now: without a trailing incomplete character
+/// (U+FFFD from a split multi-byte token) and without a suffix that may be the start of a stop
+/// string.
+fn safe_prefix<'t>(text: &'t str, stops: &[String]) -> &'t str {
+    let text = text.trim_end_matches('\u{FFFD}');
+    let mut end = text.len();
+    for stop in stops {
+        for (i, _) in text.char_indices().rev().take(stop.chars().count()) {
+            if stop.starts_with(&text[i..]) {
+                end = end.min(i);
+            }
+        }
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_partial_stop_strings_and_split_characters() {
+        let stops = vec!["###".to_string(), "END".to_string()];
+        assert_eq!(safe_prefix("hello ##", &stops), "hello ");
+        assert_eq!(safe_prefix("hello EN", &stops), "hello ");
+        assert_eq!(safe_prefix("hello E!", &stops), "hello E!");
+        assert_eq!(safe_prefix("caf\u{FFFD}", &stops), "caf");
+        assert_eq!(safe_prefix("naïve", &[]), "naïve");
+        assert_eq!(first_stop("a END b ### c", &stops), Some(2));
+        assert_eq!(first_stop("nothing", &stops), None);
+    }
+}

@@ -1,0 +1,462 @@
+//! The HTTP front: axum routes for the OpenAI API, the adapter admin API, `/health` and
+//! `/metrics`. Handlers validate and translate; the [`Engine`] generates.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, Event};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::openai::{CompletionRequest, ChatRequest, ModelCard};
+use crate::registry::Registry;
+use crate::request::Plan;
+
+/// Limits and credentials of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Requests must send `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted `max_tokens`.
+    pub max_tokens_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_body_bytes: 1 << 20,
+            max_tokens_limit: 4096,
+        }
+    }
+}
+
+/// What every handler reads.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The generator.
+    pub engine: Engine,
+    /// Adapters by name.
+    pub registry: Arc<Registry>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub config: Arc<ServerConfig>,
+    started: Instant,
+    created: u64,
+}
+
+/// The OpenAI-compatible server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    state: AppState,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Server {
+    /// A server over `engine` with the adapters of `registry`.
+    pub fn new(engine: Engine, registry: Arc<Registry>, config: ServerConfig) -> Self {
+        Self {
+            state: AppState {
+                engine,
+                registry,
+                metrics: Arc::new(Metrics::default()),
+                config: Arc::new(config),
+                started: Instant::now(),
+                created: unix_now(),
+            },
+        }
+    }
+
+    /// The shared state (engine, registry, metrics).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// All routes, with the API-key check and the body limit.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
+            .route("/v1/models", get(list_models))
+            .route("/v1/adapters", get(list_adapters).post(load_adapter))
+            .route("/v1/adapters/{name}", delete(unload_adapter))
+            .route("/metrics", get(metrics))
+            .route("/health", get(health))
+            .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .layer(middleware::from_fn_with_state(state.clone(), authorize))
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .with_state(state)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops the engine.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let engine = self.state.engine.clone();
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        engine.shutdown();
+        result
+    }
+}
+
+/// 401 unless the request carries the API key (`/health` is open for probes).
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = &state.config.api_key else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let expected = format!("Bearer {key}");
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        next.run(request).await
+    } else {
+        let path = request.uri().path().to_string();
+        state.metrics.request_finished("", &path, 401, 0.0);
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body as bytes, or the OpenAI-shaped 400/413.
+fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.config.max_body_bytes)
+        } else {
+            ApiError::bad_body(rejection.body_text())
+        }
+    })
+}
+
+/// Parses a JSON body, naming the position or field on failure.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_body(format!("invalid request body: {e}")))
+}
+
+/// Counts the request in the metrics when dropped (at the end of the response or stream, or
+/// when the client goes away).
+struct RequestRecord {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    model: String,
+    status: u16,
+    started: Instant,
+    first_token: bool,
+}
+
+impl RequestRecord {
+    fn new(state: &AppState, endpoint: &'static str) -> Self {
+        state.metrics.request_started();
+        Self {
+            metrics: state.metrics.clone(),
+            endpoint,
+            model: String::new(),
+            status: 200,
+            started: Instant::now(),
+            first_token: false,
+        }
+    }
+
+    fn saw_text(&mut self) {
+        if !self.first_token {
+            self.first_token = true;
+            let seconds = self.started.elapsed().as_secs_f64();
+            self.metrics.time_to_first_token(&self.model, seconds);
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .request_finished(&self.model, self.endpoint, self.status, seconds);
+        self.metrics.request_ended();
+        tracing::info!(
+            endpoint = self.endpoint,
+            model = %self.model,
+            status = self.status,
+            ms = (seconds * 1000.0) as u64,
+            "request"
+        );
+    }
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut record = RequestRecord::new(&state, "/v1/chat/completions");
+    let request = body_bytes(&state, body).and_then(|b| parse_json::<ChatRequest>(&b));
+    if let Ok(request) = &request {
+        record.model = request.model.clone();
+    }
+    let plan = request.and_then(|request| Plan::chat(&state, request));
+    run(state, plan, record).await
+}
+
+async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut record = RequestRecord::new(&state, "/v1/completions");
+    let request = body_bytes(&state, body).and_then(|b| parse_json::<CompletionRequest>(&b));
+    if let Ok(request) = &request {
+        record.model = request.model.clone();
+    }
+    let plan = request.and_then(|request| Plan::completion(&state, request));
+    run(state, plan, record).await
+}
+
+/// Submits a validated request and answers as JSON or as a stream.
+async fn run(state: AppState, plan: Result<Plan, ApiError>, mut record: RequestRecord) -> Response {
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(error) => {
+            record.status = error.status.as_u16();
+            return error.into_response();
+        }
+    };
+    let (sender, receiver) = mpsc::unbounded_channel();
+    if let Err(error) = state.engine.submit(plan.sequences(sender)) {
+        record.status = error.status.as_u16();
+        return error.into_response();
+    }
+    state
+        .metrics
+        .tokens(&plan.model, "prompt", plan.prompt_tokens());
+    if plan.stream {
+        stream_response(state, plan, receiver, record)
+    } else {
+        collect_response(state, plan, receiver, record).await
+    }
+}
+
+async fn collect_response(
+    state: AppState,
+    plan: Plan,
+    mut receiver: mpsc::UnboundedReceiver<Event>,
+    mut record: RequestRecord,
+) -> Response {
+    let mut outputs = plan.empty_outputs();
+    let mut pending = outputs.len();
+    while pending > 0 {
+        let Some(event) = receiver.recv().await else {
+            record.status = 503;
+            return ApiError::unavailable("the engine stopped before the request finished").into_response();
+        };
+        match event {
+            Event::Delta { index, text } => {
+                record.saw_text();
+                if let Some(output) = outputs.get_mut(index) {
+                    output.text.push_str(&text);
+                }
+            }
+            Event::Done { index, finish, completion_tokens } => {
+                if let Some(output) = outputs.get_mut(index) {
+                    output.finish = Some(finish);
+                    output.completion_tokens = completion_tokens;
+                }
+                pending -= 1;
+            }
+            Event::Failed { message, .. } => {
+                record.status = 500;
+                return ApiError::internal(message).into_response();
+            }
+        }
+    }
+    let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
+    state.metrics.tokens(&plan.model, "completion", completion_tokens);
+    Json(plan.response_body(&outputs)).into_response()
+}
+
+/// State of an SSE response while it streams.
+struct StreamState {
+    plan: Plan,
+    receiver: mpsc::UnboundedReceiver<Event>,
+    record: RequestRecord,
+    metrics: Arc<Metrics>,
+    queued: std::collections::VecDeque<String>,
+    pending: usize,
+    completion_tokens: usize,
+    finished: bool,
+}
+
+fn stream_response(
+    state: AppState,
+    plan: Plan,
+    receiver: mpsc::UnboundedReceiver<Event>,
+    record: RequestRecord,
+) -> Response {
+    let pending = plan.choices();
+    let queued = plan.opening_chunks().into();
+    let stream_state = StreamState {
+        plan,
+        receiver,
+        record,
+        metrics: state.metrics.clone(),
+        queued,
+        pending,
+        completion_tokens: 0,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(stream_state, |mut s| async move {
+        loop {
+            if let Some(data) = s.queued.pop_front() {
+                return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s));
+            }
+            if s.finished {
+                return None;
+            }
+            if s.pending == 0 {
+                s.metrics.tokens(&s.plan.model, "completion", s.completion_tokens);
+                if let Some(usage) = s.plan.usage_chunk(s.completion_tokens) {
+                    s.queued.push_back(usage);
+                }
+                s.queued.push_back("[DONE]".to_string());
+                s.finished = true;
+                continue;
+            }
+            match s.receiver.recv().await {
+                Some(Event::Delta { index, text }) => {
+                    s.record.saw_text();
+                    s.queued.push_back(s.plan.delta_chunk(index, &text));
+                }
+                Some(Event::Done { index, finish, completion_tokens }) => {
+                    s.completion_tokens += completion_tokens;
+                    s.pending -= 1;
+                    s.queued.push_back(s.plan.finish_chunk(index, finish));
+                }
+                Some(Event::Failed { message, .. }) => {
+                    s.record.status = 500;
+                    let error = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
+                    s.queued.push_back(error.to_string());
+                    s.queued.push_back("[DONE]".to_string());
+                    s.finished = true;
+                }
+                None => {
+                    s.record.status = 503;
+                    s.finished = true;
+                }
+            }
+        }
+    });
+    Sse::new(stream).into_response()
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    let registry = &state.registry;
+    let base = registry.base_id();
+    let mut data = vec![ModelCard {
+        id: base.clone(),
+        object: "model",
+        created: state.created,
+        owned_by: "ft",
+        root: registry.base().model.source.display().to_string(),
+        parent: None,
+    }];
+    data.extend(registry.list().into_iter().map(|adapter| ModelCard {
+        id: adapter.name,
+        object: "model",
+        created: adapter.created,
+        owned_by: "ft",
+        root: adapter.path,
+        parent: Some(base.clone()),
+    }));
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn list_adapters(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": state.registry.list()}))
+}
+
+/// `POST /v1/adapters` body.
+#[derive(Debug, Deserialize)]
+struct LoadAdapterBody {
+    name: String,
+    path: String,
+}
+
+async fn load_adapter(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body: LoadAdapterBody = parse_json(&body_bytes(&state, body)?)?;
+    let dir = state.registry.confine(&body.path)?;
+    let registry = state.registry.clone();
+    let name = body.name.clone();
+    // Reading and checking an adapter is blocking file work: keep it off the async workers.
+    let loaded = tokio::task::spawn_blocking(move || registry.load(&name, &dir))
+        .await
+        .map_err(|e| ApiError::internal(format!("adapter load task failed: {e}")))??;
+    tracing::info!(adapter = %loaded.name, version = loaded.version, "adapter loaded");
+    Ok(Json(json!({
+        "object": "adapter",
+        "name": loaded.name,
+        "version": loaded.version,
+        "system_fingerprint": loaded.tag(),
+    })))
+}
+
+async fn unload_adapter(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.registry.remove(&name)?;
+    tracing::info!(adapter = %name, "adapter unloaded");
+    Ok(Json(json!({"object": "adapter", "name": name, "deleted": true})))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state
+        .metrics
+        .render(state.engine.queue_depth(), state.engine.running());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    let registry = &state.registry;
+    let adapters: Vec<String> = registry.list().into_iter().map(|a| a.name).collect();
+    Json(json!({
+        "status": "ok",
+        "model": registry.base_id(),
+        "model_path": registry.base().model.source.display().to_string(),
+        "base_fingerprint": registry.base().model.fingerprint,
+        "adapters": adapters,
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "queue_depth": state.engine.queue_depth(),
+        "running": state.engine.running(),
+    }))
+}
