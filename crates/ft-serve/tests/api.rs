@@ -14,7 +14,7 @@ const PROMPT: &str = "What is the capital of France?";
 fn greedy_output_equals_ft_generate_for_base_and_adapter() {
     let Some(model) = model() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let adapter_dir = random_adapter(&model, dir.path(), "a", 1, 0.2);
+    let adapter_dir = random_adapter(&model, dir.path(), "a", 2, 0.4);
     let adapter = model.model.load_adapter(&adapter_dir, &LoadOptions::default()).unwrap();
     let live = start_simple(model.clone(), &[("tuned", &adapter_dir)]);
     let expected_base = generate(&model, PROMPT, false, 24, None);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 const CLIENTS: usize = 32;
 const MAX_TOKENS: usize = 8;
-const PROMPT: &str = "Name a colour.";
+const PROMPT: &str = "What is the capital of France?";
 
 #[test]
 fn replacing_an_adapter_under_load_fails_no_request() {
@@ -26,8 +26,8 @@ fn replacing_an_adapter_under_load_fails_no_request() {
     let seconds: u64 = std::env::var("FT_HOT_SWAP_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let root = tempfile::tempdir().unwrap();
     let dirs = [
-        random_adapter(&model, root.path(), "a", 11, 0.2),
-        random_adapter(&model, root.path(), "b", 12, 0.2),
+        random_adapter(&model, root.path(), "a", 1, 0.4),
+        random_adapter(&model, root.path(), "b", 2, 0.4),
     ];
     let expected: Vec<String> = dirs
         .iter()
