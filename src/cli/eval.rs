@@ -79,9 +79,15 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
     let model = TextModel::load(&path, &device)?;
     let mut candidates = Vec::new();
     if args.base {
-        candidates.push(Candidate { name: "base".into(), adapter: None, source: None });
+        candidates.push(Candidate {
+            name: "base".into(),
+            adapter: None,
+            source: None,
+        });
     }
-    let options = LoadOptions { allow_base_mismatch: args.allow_base_mismatch };
+    let options = LoadOptions {
+        allow_base_mismatch: args.allow_base_mismatch,
+    };
     for spec in &args.adapters {
         let (name, dir) = spec
             .split_once('=')

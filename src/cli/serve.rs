@@ -93,7 +93,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "serving {} on http://{} (adapters: {})",
             registry.base_id(),
             listener.local_addr()?,
-            registry.list().iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            registry
+                .list()
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         server
             .serve(listener, async {

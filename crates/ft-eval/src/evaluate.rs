@@ -17,7 +17,9 @@ use ft_model::{Lora, LoraAdapter, RowAdapters, TextModel};
 
 use crate::judge::{Judge, JudgeConfig, JudgeSummary, Outcome};
 use crate::report::{ExampleReport, ExampleScores, ModelReport, Report};
-use crate::text_metrics::{corpus_bleu, exact_match, is_valid_json, rouge_l, sentence_bleu, token_f1};
+use crate::text_metrics::{
+    corpus_bleu, exact_match, is_valid_json, rouge_l, sentence_bleu, token_f1,
+};
 use crate::{Error, Result};
 
 /// A metric `ft eval` can compute.
@@ -39,7 +41,14 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, the default of `--metrics`.
-    pub const ALL: [Metric; 6] = [Self::Loss, Self::Ppl, Self::Em, Self::F1, Self::RougeL, Self::Bleu];
+    pub const ALL: [Metric; 6] = [
+        Self::Loss,
+        Self::Ppl,
+        Self::Em,
+        Self::F1,
+        Self::RougeL,
+        Self::Bleu,
+    ];
 
     /// Its key in reports and gates.
     pub fn key(self) -> &'static str {
@@ -144,15 +153,19 @@ fn read_items(model: &TextModel, path: &Path) -> Result<Vec<Item>> {
         let example = parse_line(&line, None).map_err(|errors| at(errors.join("; ")))?;
         match example {
             Example::Chat(messages) => {
-                let Some((last, context)) = messages.split_last() else { continue };
+                let Some((last, context)) = messages.split_last() else {
+                    continue;
+                };
                 if last.message.role != "assistant" || context.is_empty() {
                     continue;
                 }
-                let template = template
-                    .as_ref()
-                    .ok_or_else(|| at("the model has no chat template for a chat example".into()))?;
+                let template = template.as_ref().ok_or_else(|| {
+                    at("the model has no chat template for a chat example".into())
+                })?;
                 let context: Vec<_> = context.iter().map(|m| m.message.clone()).collect();
-                let text = template.render(&context, true).map_err(|e| at(e.to_string()))?;
+                let text = template
+                    .render(&context, true)
+                    .map_err(|e| at(e.to_string()))?;
                 let question = context
                     .iter()
                     .rev()
@@ -162,12 +175,18 @@ fn read_items(model: &TextModel, path: &Path) -> Result<Vec<Item>> {
                     line: line_no,
                     question,
                     reference: last.message.content.clone(),
-                    prompt_ids: model.tokenizer.encode(&text, false).map_err(|e| at(e.to_string()))?,
+                    prompt_ids: model
+                        .tokenizer
+                        .encode(&text, false)
+                        .map_err(|e| at(e.to_string()))?,
                 });
             }
             Example::Completion { prompt, completion } => items.push(Item {
                 line: line_no,
-                prompt_ids: model.tokenizer.encode(&prompt, true).map_err(|e| at(e.to_string()))?,
+                prompt_ids: model
+                    .tokenizer
+                    .encode(&prompt, true)
+                    .map_err(|e| at(e.to_string()))?,
                 question: prompt,
                 reference: completion,
             }),
@@ -178,9 +197,16 @@ fn read_items(model: &TextModel, path: &Path) -> Result<Vec<Item>> {
 }
 
 /// Evaluates every candidate on the test split at `data`.
-pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], options: &EvalOptions) -> Result<Report> {
+pub fn evaluate(
+    model: &TextModel,
+    data: &Path,
+    candidates: &[Candidate],
+    options: &EvalOptions,
+) -> Result<Report> {
     if candidates.is_empty() {
-        return Err(Error::Setting("nothing to evaluate: pass --base and/or --adapter NAME=DIR".into()));
+        return Err(Error::Setting(
+            "nothing to evaluate: pass --base and/or --adapter NAME=DIR".into(),
+        ));
     }
     let transformer = &model.model.transformer;
     let mut reports: Vec<ModelReport> = candidates
@@ -203,7 +229,12 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
         };
         let (examples, data_report) = read_dataset(data, &tokenizer, &read)?;
         if data_report.error_count > 0 {
-            let shown: Vec<String> = data_report.errors.iter().take(5).map(|e| format!("{}:{}: {}", data.display(), e.line, e.message)).collect();
+            let shown: Vec<String> = data_report
+                .errors
+                .iter()
+                .take(5)
+                .map(|e| format!("{}:{}: {}", data.display(), e.line, e.message))
+                .collect();
             return Err(Error::Setting(format!(
                 "{} invalid line(s) in the test split:\n{}",
                 data_report.invalid_lines,
@@ -233,8 +264,14 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
     }
 
     // Generation: every (item, candidate) pair is a row; rows of all candidates mix in batches.
-    let generating = options.metrics.iter().any(|m| m.needs_generation()) || options.expect_json || options.judge.is_some();
-    let items = if generating { read_items(model, data)? } else { Vec::new() };
+    let generating = options.metrics.iter().any(|m| m.needs_generation())
+        || options.expect_json
+        || options.judge.is_some();
+    let items = if generating {
+        read_items(model, data)?
+    } else {
+        Vec::new()
+    };
     let mut outputs: Vec<Vec<String>> = vec![vec![String::new(); candidates.len()]; items.len()];
     if !items.is_empty() {
         let mut rows: Vec<(usize, usize)> = (0..items.len())
@@ -249,9 +286,19 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
         };
         let total = rows.len();
         for (done, chunk) in rows.chunks(options.batch_size.max(1)).enumerate() {
-            tracing::info!("generating rows {}..{} of {total}", done * options.batch_size, done * options.batch_size + chunk.len());
-            let prompts: Vec<Vec<u32>> = chunk.iter().map(|(i, _)| items[*i].prompt_ids.clone()).collect();
-            let per_row: Vec<Option<Arc<LoraAdapter>>> = chunk.iter().map(|(_, c)| candidates[*c].adapter.clone()).collect();
+            tracing::info!(
+                "generating rows {}..{} of {total}",
+                done * options.batch_size,
+                done * options.batch_size + chunk.len()
+            );
+            let prompts: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|(i, _)| items[*i].prompt_ids.clone())
+                .collect();
+            let per_row: Vec<Option<Arc<LoraAdapter>>> = chunk
+                .iter()
+                .map(|(_, c)| candidates[*c].adapter.clone())
+                .collect();
             let row_adapters = if per_row.iter().any(Option::is_some) {
                 Some(RowAdapters::new(&per_row, transformer.device())?)
             } else {
@@ -294,8 +341,13 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
         .collect();
     if !items.is_empty() {
         for (c, candidate) in candidates.iter().enumerate() {
-            let scores: Vec<&ExampleScores> = per_example.iter().map(|e| &e.outputs[&candidate.name]).collect();
-            let mean = |f: &dyn Fn(&ExampleScores) -> f64| scores.iter().map(|s| f(s)).sum::<f64>() / scores.len() as f64;
+            let scores: Vec<&ExampleScores> = per_example
+                .iter()
+                .map(|e| &e.outputs[&candidate.name])
+                .collect();
+            let mean = |f: &dyn Fn(&ExampleScores) -> f64| {
+                scores.iter().map(|s| f(s)).sum::<f64>() / scores.len() as f64
+            };
             let metrics = &mut reports[c].metrics;
             if wants(Metric::Em) {
                 metrics.insert("em".into(), mean(&|s| s.em));
@@ -307,18 +359,27 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
                 metrics.insert("rougeL".into(), mean(&|s| s.rouge_l));
             }
             if wants(Metric::Bleu) {
-                let pairs = items.iter().enumerate().map(|(i, item)| (outputs[i][c].as_str(), item.reference.as_str()));
+                let pairs = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (outputs[i][c].as_str(), item.reference.as_str()));
                 metrics.insert("bleu".into(), corpus_bleu(pairs).score);
             }
             if options.expect_json {
-                metrics.insert("json_valid".into(), mean(&|s| f64::from(u8::from(s.json_valid == Some(true)))));
+                metrics.insert(
+                    "json_valid".into(),
+                    mean(&|s| f64::from(u8::from(s.json_valid == Some(true)))),
+                );
             }
         }
     }
 
     // Judge each adapter against the baseline: the base when present, else the first adapter.
     if let (Some(config), false) = (&options.judge, items.is_empty()) {
-        let baseline = candidates.iter().position(|c| c.adapter.is_none()).unwrap_or(0);
+        let baseline = candidates
+            .iter()
+            .position(|c| c.adapter.is_none())
+            .unwrap_or(0);
         let judge = Judge::new(config.clone());
         for (c, candidate) in candidates.iter().enumerate() {
             if c == baseline {
@@ -327,7 +388,12 @@ pub fn evaluate(model: &TextModel, data: &Path, candidates: &[Candidate], option
             tracing::info!(model = %candidate.name, baseline = %candidates[baseline].name, "judging {} pairs in both orders", items.len());
             let mut outcomes = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let pair = judge.compare(&item.question, &item.reference, &outputs[i][c], &outputs[i][baseline]);
+                let pair = judge.compare(
+                    &item.question,
+                    &item.reference,
+                    &outputs[i][c],
+                    &outputs[i][baseline],
+                );
                 outcomes.push(pair.outcome);
                 if let Some(scores) = per_example[i].outputs.get_mut(&candidate.name) {
                     scores.judge = Some(pair);

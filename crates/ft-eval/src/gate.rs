@@ -101,7 +101,11 @@ impl Gate {
 
     /// Every metric name the gate reads.
     pub fn metrics(&self) -> Vec<&str> {
-        self.any_of.iter().flatten().map(|c| c.metric.as_str()).collect()
+        self.any_of
+            .iter()
+            .flatten()
+            .map(|c| c.metric.as_str())
+            .collect()
     }
 
     /// Checks `model`'s metrics against the gate, with `base` for `*base` thresholds.
@@ -138,7 +142,13 @@ impl fmt::Display for Gate {
 }
 
 fn parse_condition(text: &str) -> Result<Condition, String> {
-    let ops = [(">=", Op::Ge), ("<=", Op::Le), ("==", Op::Eq), (">", Op::Gt), ("<", Op::Lt)];
+    let ops = [
+        (">=", Op::Ge),
+        ("<=", Op::Le),
+        ("==", Op::Eq),
+        (">", Op::Gt),
+        ("<", Op::Lt),
+    ];
     let (at, symbol, op) = ops
         .iter()
         .filter_map(|(s, op)| text.find(s).map(|at| (at, *s, *op)))
@@ -146,7 +156,11 @@ fn parse_condition(text: &str) -> Result<Condition, String> {
         .ok_or_else(|| format!("`{text}` has no comparison (>, >=, <, <=, ==)"))?;
     let metric = text[..at].trim();
     let right = text[at + symbol.len()..].trim().replace(' ', "");
-    if metric.is_empty() || !metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if metric.is_empty()
+        || !metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return Err(format!("`{metric}` is not a metric name"));
     }
     let number = |s: &str| {
@@ -187,14 +201,24 @@ impl Condition {
                 None => {
                     return (
                         false,
-                        format!("{}: no base value to compare with (add --base; fails)", self.metric),
+                        format!(
+                            "{}: no base value to compare with (add --base; fails)",
+                            self.metric
+                        ),
                     )
                 }
             },
         };
         let ok = self.op.holds(value, right);
         let verdict = if ok { "pass" } else { "fail" };
-        (ok, format!("{} {value:.4} {} {shown}: {verdict}", self.metric, self.op.symbol()))
+        (
+            ok,
+            format!(
+                "{} {value:.4} {} {shown}: {verdict}",
+                self.metric,
+                self.op.symbol()
+            ),
+        )
     }
 }
 
@@ -210,13 +234,33 @@ mod tests {
     fn absolute_and_relative_thresholds() {
         let base = metrics(&[("rougeL", 0.40)]);
         let gate = Gate::parse("rougeL>1.2*base").unwrap();
-        assert!(gate.check("a", &metrics(&[("rougeL", 0.49)]), Some(&base)).passed);
-        assert!(!gate.check("a", &metrics(&[("rougeL", 0.47)]), Some(&base)).passed);
-        assert!(!gate.check("a", &metrics(&[("rougeL", 0.9)]), None).passed, "no base");
+        assert!(
+            gate.check("a", &metrics(&[("rougeL", 0.49)]), Some(&base))
+                .passed
+        );
+        assert!(
+            !gate
+                .check("a", &metrics(&[("rougeL", 0.47)]), Some(&base))
+                .passed
+        );
+        assert!(
+            !gate.check("a", &metrics(&[("rougeL", 0.9)]), None).passed,
+            "no base"
+        );
         let gate = Gate::parse("judge_win_rate > 0.7").unwrap();
-        assert!(gate.check("a", &metrics(&[("judge_win_rate", 0.71)]), None).passed);
-        assert!(!gate.check("a", &metrics(&[("judge_win_rate", 0.7)]), None).passed);
-        assert!(!gate.check("a", &metrics(&[]), None).passed, "missing metric fails");
+        assert!(
+            gate.check("a", &metrics(&[("judge_win_rate", 0.71)]), None)
+                .passed
+        );
+        assert!(
+            !gate
+                .check("a", &metrics(&[("judge_win_rate", 0.7)]), None)
+                .passed
+        );
+        assert!(
+            !gate.check("a", &metrics(&[]), None).passed,
+            "missing metric fails"
+        );
     }
 
     #[test]
@@ -232,7 +276,13 @@ mod tests {
 
     #[test]
     fn bad_expressions_are_named() {
-        for bad in ["rougeL", "rougeL > x", "> 0.5", "rouge L > 1", "f1 > 1.2*bas"] {
+        for bad in [
+            "rougeL",
+            "rougeL > x",
+            "> 0.5",
+            "rouge L > 1",
+            "f1 > 1.2*bas",
+        ] {
             let err = Gate::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

@@ -87,7 +87,13 @@ pub fn parse_verdict(content: &str) -> Option<Verdict> {
     let start = content.find('{')?;
     let end = content.rfind('}')?;
     let value: Value = serde_json::from_str(content.get(start..=end)?).ok()?;
-    match value.get("winner")?.as_str()?.trim().to_ascii_lowercase().as_str() {
+    match value
+        .get("winner")?
+        .as_str()?
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "a" => Some(Verdict::A),
         "b" => Some(Verdict::B),
         "tie" | "draw" | "equal" => Some(Verdict::Tie),
@@ -185,7 +191,13 @@ impl Judge {
     }
 
     /// Judges `candidate` against `baseline` in both orders.
-    pub fn compare(&self, question: &str, reference: &str, candidate: &str, baseline: &str) -> PairJudgement {
+    pub fn compare(
+        &self,
+        question: &str,
+        reference: &str,
+        candidate: &str,
+        baseline: &str,
+    ) -> PairJudgement {
         let candidate_first = self.verdict(question, reference, candidate, baseline);
         let baseline_first = self.verdict(question, reference, baseline, candidate);
         PairJudgement {
@@ -246,7 +258,13 @@ impl JudgeSummary {
             count(Outcome::Invalid),
         );
         let valid = wins + ties + losses;
-        let rate = |k: usize| if valid == 0 { 0.0 } else { k as f64 / valid as f64 };
+        let rate = |k: usize| {
+            if valid == 0 {
+                0.0
+            } else {
+                k as f64 / valid as f64
+            }
+        };
         Self {
             baseline: baseline.to_string(),
             wins,
@@ -269,8 +287,14 @@ mod tests {
     #[test]
     fn verdicts_parse_from_messy_output() {
         assert_eq!(parse_verdict(r#"{"winner": "A"}"#), Some(Verdict::A));
-        assert_eq!(parse_verdict("```json\n{\"winner\":\"b\",\"reason\":\"x\"}\n```"), Some(Verdict::B));
-        assert_eq!(parse_verdict("Sure! {\"winner\": \"Tie\"} hope that helps"), Some(Verdict::Tie));
+        assert_eq!(
+            parse_verdict("```json\n{\"winner\":\"b\",\"reason\":\"x\"}\n```"),
+            Some(Verdict::B)
+        );
+        assert_eq!(
+            parse_verdict("Sure! {\"winner\": \"Tie\"} hope that helps"),
+            Some(Verdict::Tie)
+        );
         assert_eq!(parse_verdict("A is better"), None);
         assert_eq!(parse_verdict(r#"{"winner": "C"}"#), None);
         assert_eq!(parse_verdict(r#"{"winner": 1}"#), None);
@@ -292,7 +316,10 @@ mod tests {
     fn wilson_interval_matches_the_formula() {
         // statsmodels proportion_confint(7, 10, method="wilson") = (0.396778, 0.892209).
         let (lo, hi) = wilson_interval(7, 10);
-        assert!((lo - 0.396_778).abs() < 1e-6 && (hi - 0.892_209).abs() < 1e-6, "{lo} {hi}");
+        assert!(
+            (lo - 0.396_778).abs() < 1e-6 && (hi - 0.892_209).abs() < 1e-6,
+            "{lo} {hi}"
+        );
         assert_eq!(wilson_interval(0, 0), (0.0, 1.0));
     }
 }

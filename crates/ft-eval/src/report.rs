@@ -91,8 +91,13 @@ pub struct Report {
 impl Report {
     /// Assembles the report; the baseline is the base model when present, else the first.
     pub fn new(data: &Path, models: Vec<ModelReport>, examples: Vec<ExampleReport>) -> Self {
-        let baseline_index = models.iter().position(|m| m.adapter_path.is_none()).unwrap_or(0);
-        let baseline = models.get(baseline_index).map_or_else(String::new, |m| m.name.clone());
+        let baseline_index = models
+            .iter()
+            .position(|m| m.adapter_path.is_none())
+            .unwrap_or(0);
+        let baseline = models
+            .get(baseline_index)
+            .map_or_else(String::new, |m| m.name.clone());
         let mut deltas = BTreeMap::new();
         if let Some(base) = models.get(baseline_index) {
             for model in models.iter().filter(|m| m.name != base.name) {
@@ -102,7 +107,15 @@ impl Report {
                     .filter_map(|(key, &value)| {
                         let &baseline = base.metrics.get(key)?;
                         let ratio = (baseline != 0.0).then(|| value / baseline);
-                        Some((key.clone(), Delta { value, baseline, delta: value - baseline, ratio }))
+                        Some((
+                            key.clone(),
+                            Delta {
+                                value,
+                                baseline,
+                                delta: value - baseline,
+                                ratio,
+                            },
+                        ))
                     })
                     .collect();
                 deltas.insert(model.name.clone(), table);
@@ -120,7 +133,10 @@ impl Report {
 
     /// The metrics of the baseline model.
     pub fn baseline_metrics(&self) -> Option<&BTreeMap<String, f64>> {
-        self.models.iter().find(|m| m.name == self.baseline).map(|m| &m.metrics)
+        self.models
+            .iter()
+            .find(|m| m.name == self.baseline)
+            .map(|m| &m.metrics)
     }
 
     /// Writes `report.json`, `report.md` and `chart.svg` into `dir` (each to a temporary file
@@ -134,7 +150,18 @@ impl Report {
     }
 
     fn metric_keys(&self) -> Vec<String> {
-        let order = ["loss", "ppl", "em", "f1", "rougeL", "bleu", "json_valid", "judge_win_rate", "judge_tie_rate", "judge_loss_rate"];
+        let order = [
+            "loss",
+            "ppl",
+            "em",
+            "f1",
+            "rougeL",
+            "bleu",
+            "json_valid",
+            "judge_win_rate",
+            "judge_tie_rate",
+            "judge_loss_rate",
+        ];
         let mut keys: Vec<String> = order
             .iter()
             .filter(|k| self.models.iter().any(|m| m.metrics.contains_key(**k)))
@@ -161,7 +188,10 @@ impl Report {
             let cells: Vec<String> = keys
                 .iter()
                 .map(|k| {
-                    let value = model.metrics.get(k).map_or_else(|| "–".to_string(), |v| format!("{v:.4}"));
+                    let value = model
+                        .metrics
+                        .get(k)
+                        .map_or_else(|| "–".to_string(), |v| format!("{v:.4}"));
                     match self.deltas.get(&model.name).and_then(|d| d.get(k)) {
                         Some(delta) => format!("{value} ({:+.4})", delta.delta),
                         None => value,
@@ -185,16 +215,33 @@ impl Report {
             let _ = writeln!(md, "\n## Gate\n");
             for result in gate {
                 let verdict = if result.passed { "PASS" } else { "FAIL" };
-                let _ = writeln!(md, "- `{}`: **{verdict}** — {}", result.model, result.details.join("; "));
+                let _ = writeln!(
+                    md,
+                    "- `{}`: **{verdict}** — {}",
+                    result.model,
+                    result.details.join("; ")
+                );
             }
         }
         for model in &self.models {
-            let mut worst: Vec<&ExampleReport> = self.examples.iter().filter(|e| e.outputs.contains_key(&model.name)).collect();
+            let mut worst: Vec<&ExampleReport> = self
+                .examples
+                .iter()
+                .filter(|e| e.outputs.contains_key(&model.name))
+                .collect();
             if worst.is_empty() {
                 continue;
             }
-            worst.sort_by(|a, b| a.outputs[&model.name].rouge_l.total_cmp(&b.outputs[&model.name].rouge_l));
-            let _ = writeln!(md, "\n## Worst examples: `{}` (lowest ROUGE-L)\n", model.name);
+            worst.sort_by(|a, b| {
+                a.outputs[&model.name]
+                    .rouge_l
+                    .total_cmp(&b.outputs[&model.name].rouge_l)
+            });
+            let _ = writeln!(
+                md,
+                "\n## Worst examples: `{}` (lowest ROUGE-L)\n",
+                model.name
+            );
             for example in worst.iter().take(3) {
                 let scores = &example.outputs[&model.name];
                 let _ = writeln!(
@@ -211,8 +258,14 @@ impl Report {
     /// Grouped bars: one group per metric on a 0–1 scale (BLEU / 100; loss and perplexity are
     /// left out, they have no common scale), one bar per model.
     pub fn chart_svg(&self) -> String {
-        let keys: Vec<String> = self.metric_keys().into_iter().filter(|k| k != "loss" && k != "ppl").collect();
-        let colours = ["#8c8c8c", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+        let keys: Vec<String> = self
+            .metric_keys()
+            .into_iter()
+            .filter(|k| k != "loss" && k != "ppl")
+            .collect();
+        let colours = [
+            "#8c8c8c", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+        ];
         let (bar, gap, height, top, left) = (18.0, 24.0, 220.0, 30.0, 40.0);
         let group = bar * self.models.len() as f64 + gap;
         let width = left + group * keys.len().max(1) as f64 + 20.0;
@@ -222,7 +275,11 @@ impl Report {
             legend_y + 18.0 * self.models.len() as f64 + 10.0
         );
         let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        let _ = writeln!(svg, "<text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>", escape(&self.dataset));
+        let _ = writeln!(
+            svg,
+            "<text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>",
+            escape(&self.dataset)
+        );
         for tick in 0..=4 {
             let y = top + height - height * tick as f64 / 4.0;
             let _ = writeln!(svg, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"4\" y=\"{}\">{:.2}</text>", width - 10.0, y + 4.0, tick as f64 / 4.0);
@@ -230,7 +287,9 @@ impl Report {
         for (k, key) in keys.iter().enumerate() {
             let x0 = left + gap / 2.0 + group * k as f64;
             for (m, model) in self.models.iter().enumerate() {
-                let Some(&value) = model.metrics.get(key) else { continue };
+                let Some(&value) = model.metrics.get(key) else {
+                    continue;
+                };
                 let scaled = if key == "bleu" { value / 100.0 } else { value }.clamp(0.0, 1.0);
                 let h = height * scaled;
                 let _ = writeln!(
@@ -239,7 +298,13 @@ impl Report {
                     x0 + bar * m as f64, top + height - h, bar - 2.0, colours[m % colours.len()], escape(&model.name)
                 );
             }
-            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x0 + bar * self.models.len() as f64 / 2.0, top + height + 16.0, escape(key));
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                x0 + bar * self.models.len() as f64 / 2.0,
+                top + height + 16.0,
+                escape(key)
+            );
         }
         for (m, model) in self.models.iter().enumerate() {
             let y = legend_y + 18.0 * m as f64;
@@ -260,7 +325,10 @@ fn one_line(text: &str) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

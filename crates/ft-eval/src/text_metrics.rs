@@ -25,7 +25,10 @@ fn py_split(s: &str) -> impl Iterator<Item = &str> {
 /// SQuAD's `normalize_answer`.
 pub fn normalize_answer(text: &str) -> String {
     let lower = text.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punct: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
     // `re.sub(r'\b(a|an|the)\b', ' ', s)`: whole words only, where word characters are
     // Unicode alphanumerics and `_` (Python 3's `\w`).
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
@@ -50,7 +53,9 @@ pub fn normalize_answer(text: &str) -> String {
 
 /// 1.0 when the normalized texts are equal, else 0.0.
 pub fn exact_match(prediction: &str, reference: &str) -> f64 {
-    f64::from(u8::from(normalize_answer(prediction) == normalize_answer(reference)))
+    f64::from(u8::from(
+        normalize_answer(prediction) == normalize_answer(reference),
+    ))
 }
 
 fn counts<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
@@ -106,13 +111,21 @@ pub fn rouge_l(prediction: &str, reference: &str) -> Prf {
     let pred = rouge_tokens(prediction);
     let gold = rouge_tokens(reference);
     if pred.is_empty() || gold.is_empty() {
-        return Prf { precision: 0.0, recall: 0.0, fmeasure: 0.0 };
+        return Prf {
+            precision: 0.0,
+            recall: 0.0,
+            fmeasure: 0.0,
+        };
     }
     let mut previous = vec![0usize; pred.len() + 1];
     for g in &gold {
         let mut current = vec![0usize; pred.len() + 1];
         for (j, p) in pred.iter().enumerate() {
-            current[j + 1] = if g == p { previous[j] + 1 } else { current[j].max(previous[j + 1]) };
+            current[j + 1] = if g == p {
+                previous[j] + 1
+            } else {
+                current[j].max(previous[j + 1])
+            };
         }
         previous = current;
     }
@@ -124,7 +137,11 @@ pub fn rouge_l(prediction: &str, reference: &str) -> Prf {
     } else {
         0.0
     };
-    Prf { precision, recall, fmeasure }
+    Prf {
+        precision,
+        recall,
+        fmeasure,
+    }
 }
 
 /// sacreBLEU's `13a` tokenizer (mteval-v13a), applied after `rstrip()` as BLEU does.
@@ -143,9 +160,8 @@ pub fn tokenize_13a(text: &str) -> String {
     }
     let line = format!(" {line} ");
     // 1. Pad most ASCII symbols: [{-~[-` -&(-+:-@/].
-    let symbol = |c: char| {
-        matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/')
-    };
+    let symbol =
+        |c: char| matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/');
     let mut padded = String::with_capacity(line.len() * 2);
     for c in line.chars() {
         if symbol(c) {
@@ -159,24 +175,36 @@ pub fn tokenize_13a(text: &str) -> String {
     let is_digit = |c: char| c.is_ascii_digit();
     let period_comma = |c: char| c == '.' || c == ',';
     // 2. `([^0-9])([\.,])` → `\1 \2 `; 3. `([\.,])([^0-9])` → ` \1 \2`; 4. `([0-9])(-)` → `\1 \2 `.
-    let step2 = replace_pairs(&padded, |a, b| !is_digit(a) && period_comma(b), |a, b, out| {
-        out.push(a);
-        out.push(' ');
-        out.push(b);
-        out.push(' ');
-    });
-    let step3 = replace_pairs(&step2, |a, b| period_comma(a) && !is_digit(b), |a, b, out| {
-        out.push(' ');
-        out.push(a);
-        out.push(' ');
-        out.push(b);
-    });
-    let step4 = replace_pairs(&step3, |a, b| is_digit(a) && b == '-', |a, b, out| {
-        out.push(a);
-        out.push(' ');
-        out.push(b);
-        out.push(' ');
-    });
+    let step2 = replace_pairs(
+        &padded,
+        |a, b| !is_digit(a) && period_comma(b),
+        |a, b, out| {
+            out.push(a);
+            out.push(' ');
+            out.push(b);
+            out.push(' ');
+        },
+    );
+    let step3 = replace_pairs(
+        &step2,
+        |a, b| period_comma(a) && !is_digit(b),
+        |a, b, out| {
+            out.push(' ');
+            out.push(a);
+            out.push(' ');
+            out.push(b);
+        },
+    );
+    let step4 = replace_pairs(
+        &step3,
+        |a, b| is_digit(a) && b == '-',
+        |a, b, out| {
+            out.push(a);
+            out.push(' ');
+            out.push(b);
+            out.push(' ');
+        },
+    );
     py_split(&step4).collect::<Vec<_>>().join(" ")
 }
 
@@ -264,14 +292,28 @@ pub struct Bleu {
 
 /// sacreBLEU's `compute_bleu` with exp smoothing.
 fn compute_bleu(stats: BleuStats, effective_order: bool) -> Bleu {
-    let BleuStats { counts, totals, sys_len, ref_len } = stats;
+    let BleuStats {
+        counts,
+        totals,
+        sys_len,
+        ref_len,
+    } = stats;
     let mut bp = 1.0;
     if sys_len < ref_len {
-        bp = if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 };
+        bp = if sys_len > 0 {
+            (1.0 - ref_len as f64 / sys_len as f64).exp()
+        } else {
+            0.0
+        };
     }
     let mut precisions = [0.0f64; 4];
     if counts.iter().all(|c| *c == 0) {
-        return Bleu { score: 0.0, bp, precisions, stats };
+        return Bleu {
+            score: 0.0,
+            bp,
+            precisions,
+            stats,
+        };
     }
     let mut smooth = 1.0f64;
     let mut order = 4;
@@ -292,7 +334,12 @@ fn compute_bleu(stats: BleuStats, effective_order: bool) -> Bleu {
     let log = |p: f64| if p == 0.0 { -9_999_999_999.0 } else { p.ln() };
     let sum: f64 = precisions[..order].iter().fold(0.0, |acc, p| acc + log(*p));
     let score = bp * (sum / order as f64).exp();
-    Bleu { score, bp, precisions, stats }
+    Bleu {
+        score,
+        bp,
+        precisions,
+        stats,
+    }
 }
 
 /// `sacrebleu.sentence_bleu(hypothesis, [reference])`.

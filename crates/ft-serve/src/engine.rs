@@ -224,12 +224,20 @@ impl Scheduler {
                     && queue.is_empty()
                     && !self.shared.stopped.load(Ordering::SeqCst)
                 {
-                    queue = self.shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                    queue = self
+                        .shared
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(|e| e.into_inner());
                 }
                 if self.shared.stopped.load(Ordering::SeqCst) {
                     return;
                 }
-                let free = self.shared.config.max_batch.saturating_sub(self.running.len());
+                let free = self
+                    .shared
+                    .config
+                    .max_batch
+                    .saturating_sub(self.running.len());
                 let n = free.min(queue.len());
                 queue.drain(..n).collect::<Vec<_>>()
             };
@@ -248,7 +256,9 @@ impl Scheduler {
                     }
                 }
             }
-            self.shared.running.store(self.running.len(), Ordering::SeqCst);
+            self.shared
+                .running
+                .store(self.running.len(), Ordering::SeqCst);
             if self.running.is_empty() {
                 continue;
             }
@@ -263,7 +273,9 @@ impl Scheduler {
                     });
                 }
             }
-            self.shared.running.store(self.running.len(), Ordering::SeqCst);
+            self.shared
+                .running
+                .store(self.running.len(), Ordering::SeqCst);
         }
     }
 
@@ -312,7 +324,8 @@ impl Scheduler {
         };
         let lora = rows.as_ref().map_or(Lora::None, Lora::Rows);
         let logits = {
-            let mut caches: Vec<&mut Cache> = self.running.iter_mut().map(|s| &mut s.cache).collect();
+            let mut caches: Vec<&mut Cache> =
+                self.running.iter_mut().map(|s| &mut s.cache).collect();
             model.decode_rows(&tokens, &positions, &mut caches, lora)?
         };
         let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
@@ -341,12 +354,21 @@ impl Scheduler {
             Ok(text) => text,
             Err(e) => {
                 let message = e.to_string();
-                let _ = sequence.request.events.send(Event::Failed { index, message });
+                let _ = sequence
+                    .request
+                    .events
+                    .send(Event::Failed { index, message });
                 return false;
             }
         };
         let stop = &sequence.request.stop;
-        let context = self.shared.model.model.transformer.config().max_position_embeddings;
+        let context = self
+            .shared
+            .model
+            .model
+            .transformer
+            .config()
+            .max_position_embeddings;
         let finished = if let Some(at) = first_stop(&text, stop) {
             Some((&text[..at], FinishReason::Stop))
         } else if tokenizer.eos_ids().contains(&token) {

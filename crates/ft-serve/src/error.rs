@@ -68,7 +68,9 @@ impl ApiError {
         let mut error = Self::new(
             StatusCode::NOT_FOUND,
             "not_found_error",
-            format!("the model `{model}` does not exist: GET /v1/models lists the base and adapters"),
+            format!(
+                "the model `{model}` does not exist: GET /v1/models lists the base and adapters"
+            ),
         )
         .with_code("model_not_found");
         error.detail.param = Some("model".to_string());
@@ -124,13 +126,7 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = self.retry_after;
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: self.detail,
-            }),
-        )
-            .into_response();
+        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
         if let Some(seconds) = retry_after {
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);

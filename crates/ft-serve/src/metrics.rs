@@ -44,7 +44,11 @@ impl Histogram {
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -91,10 +95,18 @@ impl Metrics {
     pub fn request_finished(&self, model: &str, endpoint: &str, status: u16, seconds: f64) {
         let status_text = status.to_string();
         let mut series = self.series();
-        let key = labels(&[("model", model), ("status", &status_text), ("endpoint", endpoint)]);
+        let key = labels(&[
+            ("model", model),
+            ("status", &status_text),
+            ("endpoint", endpoint),
+        ]);
         *series.requests.entry(key).or_default() += 1;
         if status >= 400 {
-            let key = labels(&[("model", model), ("endpoint", endpoint), ("status", &status_text)]);
+            let key = labels(&[
+                ("model", model),
+                ("endpoint", endpoint),
+                ("status", &status_text),
+            ]);
             *series.errors.entry(key).or_default() += 1;
         }
         series
@@ -139,16 +151,37 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{labels}}} {value}");
             }
         };
-        counter(&mut out, "llm_requests_total", "Requests by model, HTTP status and endpoint.", &series.requests);
-        counter(&mut out, "llm_errors_total", "Requests that ended with an error status.", &series.errors);
-        counter(&mut out, "llm_tokens_total", "Prompt and completion tokens.", &series.tokens);
-        let histogram = |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, Histogram>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (labels, h) in map {
-                h.render(out, name, labels);
-            }
-        };
-        histogram(&mut out, "llm_latency_seconds", "Request latency, arrival to last byte.", &series.latency);
+        counter(
+            &mut out,
+            "llm_requests_total",
+            "Requests by model, HTTP status and endpoint.",
+            &series.requests,
+        );
+        counter(
+            &mut out,
+            "llm_errors_total",
+            "Requests that ended with an error status.",
+            &series.errors,
+        );
+        counter(
+            &mut out,
+            "llm_tokens_total",
+            "Prompt and completion tokens.",
+            &series.tokens,
+        );
+        let histogram =
+            |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, Histogram>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+                for (labels, h) in map {
+                    h.render(out, name, labels);
+                }
+            };
+        histogram(
+            &mut out,
+            "llm_latency_seconds",
+            "Request latency, arrival to last byte.",
+            &series.latency,
+        );
         histogram(
             &mut out,
             "llm_time_to_first_token_seconds",
@@ -156,11 +189,29 @@ impl Metrics {
             &series.ttft,
         );
         let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
-        gauge(&mut out, "llm_active_requests", "Requests in flight.", self.active.load(Ordering::SeqCst));
-        gauge(&mut out, "llm_queue_depth", "Sequences waiting for a decode slot.", queue_depth as i64);
-        gauge(&mut out, "llm_running_sequences", "Sequences in the decode batch.", running as i64);
+        gauge(
+            &mut out,
+            "llm_active_requests",
+            "Requests in flight.",
+            self.active.load(Ordering::SeqCst),
+        );
+        gauge(
+            &mut out,
+            "llm_queue_depth",
+            "Sequences waiting for a decode slot.",
+            queue_depth as i64,
+        );
+        gauge(
+            &mut out,
+            "llm_running_sequences",
+            "Sequences in the decode batch.",
+            running as i64,
+        );
         out
     }
 }

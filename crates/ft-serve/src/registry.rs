@@ -126,7 +126,10 @@ impl Registry {
         })?;
         let candidate = root.join(requested);
         let resolved = candidate.canonicalize().map_err(|_| {
-            ApiError::invalid("path", format!("no adapter directory `{requested}` under the adapters directory"))
+            ApiError::invalid(
+                "path",
+                format!("no adapter directory `{requested}` under the adapters directory"),
+            )
         })?;
         if !resolved.starts_with(&root) {
             return Err(ApiError::invalid(

@@ -70,7 +70,10 @@ fn content_text(content: &Option<Value>, index: usize) -> Result<String, ApiErro
         Some(Value::Array(parts)) => {
             let mut text = String::new();
             for (i, part) in parts.iter().enumerate() {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     _ => {
                         return Err(ApiError::invalid(
@@ -82,7 +85,10 @@ fn content_text(content: &Option<Value>, index: usize) -> Result<String, ApiErro
             }
             Ok(text)
         }
-        Some(_) => Err(ApiError::invalid(&param, "content must be a string or a list of text parts")),
+        Some(_) => Err(ApiError::invalid(
+            &param,
+            "content must be a string or a list of text parts",
+        )),
     }
 }
 
@@ -94,16 +100,17 @@ fn chat_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "developer" => "system",
-                "system" | "user" | "assistant" => m.role.as_str(),
-                other => {
-                    return Err(ApiError::invalid(
+            let role =
+                match m.role.as_str() {
+                    "developer" => "system",
+                    "system" | "user" | "assistant" => m.role.as_str(),
+                    other => return Err(ApiError::invalid(
                         &format!("messages[{i}].role"),
-                        format!("unsupported role `{other}` (use system, developer, user or assistant)"),
-                    ))
-                }
-            };
+                        format!(
+                            "unsupported role `{other}` (use system, developer, user or assistant)"
+                        ),
+                    )),
+                };
             Ok(Message::new(role, content_text(&m.content, i)?))
         })
         .collect()
@@ -123,7 +130,13 @@ impl Plan {
         let ids = tokenizer
             .encode(&text, false)
             .map_err(|e| ApiError::internal(format!("tokenizer: {e}")))?;
-        Self::build(state, Endpoint::Chat, request.model, vec![ids], request.params)
+        Self::build(
+            state,
+            Endpoint::Chat,
+            request.model,
+            vec![ids],
+            request.params,
+        )
     }
 
     /// Validates a completion request (raw prompts, special tokens added as in training).
@@ -133,7 +146,10 @@ impl Plan {
             PromptSpec::Many(ps) => ps,
         };
         if prompts.is_empty() || prompts.len() > MAX_N {
-            return Err(ApiError::invalid("prompt", format!("give 1 to {MAX_N} prompts")));
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("give 1 to {MAX_N} prompts"),
+            ));
         }
         let tokenizer = &state.registry.base().tokenizer;
         let ids = prompts
@@ -144,12 +160,21 @@ impl Plan {
                     .encode(p, true)
                     .map_err(|e| ApiError::internal(format!("tokenizer: {e}")))?;
                 if ids.is_empty() {
-                    return Err(ApiError::invalid(&format!("prompt[{i}]"), "the prompt is empty"));
+                    return Err(ApiError::invalid(
+                        &format!("prompt[{i}]"),
+                        "the prompt is empty",
+                    ));
                 }
                 Ok(ids)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Self::build(state, Endpoint::Completion, request.model, ids, request.params)
+        Self::build(
+            state,
+            Endpoint::Completion,
+            request.model,
+            ids,
+            request.params,
+        )
     }
 
     fn build(
@@ -166,7 +191,10 @@ impl Plan {
         };
         let temperature = params.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid("temperature", "temperature must be between 0 and 2"));
+            return Err(ApiError::invalid(
+                "temperature",
+                "temperature must be between 0 and 2",
+            ));
         }
         let top_p = params.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
@@ -175,16 +203,29 @@ impl Plan {
         let top_k = match params.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
-            Some(_) => return Err(ApiError::invalid("top_k", "top_k must be -1, 0 (off) or positive")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    "top_k must be -1, 0 (off) or positive",
+                ))
+            }
         };
         let n = match params.n {
             None => 1,
             Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
-            Some(_) => return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}"))),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("n must be between 1 and {MAX_N}"),
+                ))
+            }
         };
         let stop = params.stop.map(|s| s.into_vec()).unwrap_or_default();
         if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
-            return Err(ApiError::invalid("stop", format!("stop takes up to {MAX_STOP} non-empty strings")));
+            return Err(ApiError::invalid(
+                "stop",
+                format!("stop takes up to {MAX_STOP} non-empty strings"),
+            ));
         }
         let limit = state.config.max_tokens_limit;
         let (requested, param) = match (params.max_completion_tokens, params.max_tokens) {
@@ -194,18 +235,36 @@ impl Plan {
         let requested = match requested {
             None => None,
             Some(m) if m >= 1 && m as usize <= limit => Some(m as usize),
-            Some(_) => return Err(ApiError::invalid(param, format!("{param} must be between 1 and {limit}"))),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be between 1 and {limit}"),
+                ))
+            }
         };
-        let context = state.registry.base().model.transformer.config().max_position_embeddings;
+        let context = state
+            .registry
+            .base()
+            .model
+            .transformer
+            .config()
+            .max_position_embeddings;
         let max_tokens = prompts
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 if p.len() >= context {
-                    let field = if endpoint == Endpoint::Chat { "messages".to_string() } else { format!("prompt[{i}]") };
+                    let field = if endpoint == Endpoint::Chat {
+                        "messages".to_string()
+                    } else {
+                        format!("prompt[{i}]")
+                    };
                     return Err(ApiError::invalid(
                         &field,
-                        format!("the prompt has {} tokens; the model's context is {context}", p.len()),
+                        format!(
+                            "the prompt has {} tokens; the model's context is {context}",
+                            p.len()
+                        ),
                     ));
                 }
                 Ok(requested.unwrap_or(limit).min(context - p.len()))
@@ -213,7 +272,9 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()?;
         let seed = params.seed.map_or_else(rand::random::<u64>, |s| s as u64);
         let stream_options = params.stream_options.unwrap_or_default();
-        let fingerprint = adapter.as_ref().map_or_else(|| "base".to_string(), ResolvedAdapter::tag);
+        let fingerprint = adapter
+            .as_ref()
+            .map_or_else(|| "base".to_string(), ResolvedAdapter::tag);
         Ok(Self {
             endpoint,
             model,
@@ -221,11 +282,20 @@ impl Plan {
             prompts,
             max_tokens,
             n,
-            sampling: SamplingParams { temperature, top_p, top_k, seed },
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                seed,
+            },
             stop,
             stream: params.stream,
             include_usage: params.stream && stream_options.include_usage,
-            id: random_id(if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
+            id: random_id(if endpoint == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            }),
             created: crate::registry::unix_now(),
             fingerprint,
         })

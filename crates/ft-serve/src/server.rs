@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::engine::{Engine, Event};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::openai::{CompletionRequest, ChatRequest, ModelCard};
+use crate::openai::{ChatRequest, CompletionRequest, ModelCard};
 use crate::registry::Registry;
 use crate::request::Plan;
 
@@ -165,7 +165,8 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 
 /// Parses a JSON body, naming the position or field on failure.
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_body(format!("invalid request body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_body(format!("invalid request body: {e}")))
 }
 
 /// Counts the request in the metrics when dropped (at the end of the response or stream, or
@@ -230,7 +231,10 @@ async fn chat_completions(
     run(state, plan, record).await
 }
 
-async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let mut record = RequestRecord::new(&state, "/v1/completions");
     let request = body_bytes(&state, body).and_then(|b| parse_json::<CompletionRequest>(&b));
     if let Ok(request) = &request {
@@ -275,7 +279,8 @@ async fn collect_response(
     while pending > 0 {
         let Some(event) = receiver.recv().await else {
             record.status = 503;
-            return ApiError::unavailable("the engine stopped before the request finished").into_response();
+            return ApiError::unavailable("the engine stopped before the request finished")
+                .into_response();
         };
         match event {
             Event::Delta { index, text } => {
@@ -284,7 +289,11 @@ async fn collect_response(
                     output.text.push_str(&text);
                 }
             }
-            Event::Done { index, finish, completion_tokens } => {
+            Event::Done {
+                index,
+                finish,
+                completion_tokens,
+            } => {
                 if let Some(output) = outputs.get_mut(index) {
                     output.finish = Some(finish);
                     output.completion_tokens = completion_tokens;
@@ -298,7 +307,9 @@ async fn collect_response(
         }
     }
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
-    state.metrics.tokens(&plan.model, "completion", completion_tokens);
+    state
+        .metrics
+        .tokens(&plan.model, "completion", completion_tokens);
     Json(plan.response_body(&outputs)).into_response()
 }
 
@@ -341,7 +352,8 @@ fn stream_response(
                 return None;
             }
             if s.pending == 0 {
-                s.metrics.tokens(&s.plan.model, "completion", s.completion_tokens);
+                s.metrics
+                    .tokens(&s.plan.model, "completion", s.completion_tokens);
                 if let Some(usage) = s.plan.usage_chunk(s.completion_tokens) {
                     s.queued.push_back(usage);
                 }
@@ -354,7 +366,11 @@ fn stream_response(
                     s.record.saw_text();
                     s.queued.push_back(s.plan.delta_chunk(index, &text));
                 }
-                Some(Event::Done { index, finish, completion_tokens }) => {
+                Some(Event::Done {
+                    index,
+                    finish,
+                    completion_tokens,
+                }) => {
                     s.completion_tokens += completion_tokens;
                     s.pending -= 1;
                     s.queued.push_back(s.plan.finish_chunk(index, finish));
@@ -436,7 +452,9 @@ async fn unload_adapter(
 ) -> Result<Json<Value>, ApiError> {
     state.registry.remove(&name)?;
     tracing::info!(adapter = %name, "adapter unloaded");
-    Ok(Json(json!({"object": "adapter", "name": name, "deleted": true})))
+    Ok(Json(
+        json!({"object": "adapter", "name": name, "deleted": true}),
+    ))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -15,22 +15,40 @@ fn greedy_output_equals_ft_generate_for_base_and_adapter() {
     let Some(model) = model() else { return };
     let dir = tempfile::tempdir().unwrap();
     let adapter_dir = random_adapter(&model, dir.path(), "a", 2, 0.4);
-    let adapter = model.model.load_adapter(&adapter_dir, &LoadOptions::default()).unwrap();
+    let adapter = model
+        .model
+        .load_adapter(&adapter_dir, &LoadOptions::default())
+        .unwrap();
     let live = start_simple(model.clone(), &[("tuned", &adapter_dir)]);
     let expected_base = generate(&model, PROMPT, false, 24, None);
     let expected_tuned = generate(&model, PROMPT, false, 24, Some(&adapter));
     assert_eq!(expected_base, "The capital of France is Paris.");
-    assert_ne!(expected_base, expected_tuned, "the test adapter must change the answer");
-    for (name, expected) in [(live.base_id.as_str(), &expected_base), ("tuned", &expected_tuned)] {
+    assert_ne!(
+        expected_base, expected_tuned,
+        "the test adapter must change the answer"
+    );
+    for (name, expected) in [
+        (live.base_id.as_str(), &expected_base),
+        ("tuned", &expected_tuned),
+    ] {
         let body = json!({"model": name, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 24});
         let (status, response) = post(&format!("{}/v1/chat/completions", live.url), &body);
         assert_eq!(status, 200, "{response}");
-        assert_eq!(response["choices"][0]["message"]["content"], **expected, "model {name}");
+        assert_eq!(
+            response["choices"][0]["message"]["content"], **expected,
+            "model {name}"
+        );
         assert_eq!(response["object"], "chat.completion");
         assert_eq!(response["model"], name);
         assert!(response["id"].as_str().unwrap().starts_with("chatcmpl-"));
         let usage = &response["usage"];
-        assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()));
+        assert_eq!(
+            usage["total_tokens"].as_u64(),
+            Some(
+                usage["prompt_tokens"].as_u64().unwrap()
+                    + usage["completion_tokens"].as_u64().unwrap()
+            )
+        );
         // The same through the stream.
         let mut streamed = body.clone();
         streamed["stream"] = json!(true);
@@ -39,7 +57,11 @@ fn greedy_output_equals_ft_generate_for_base_and_adapter() {
             .iter()
             .filter(|p| *p != "[DONE]")
             .map(|p| serde_json::from_str::<Value>(p).unwrap())
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         assert_eq!(&text, expected, "streamed, model {name}");
     }
@@ -67,7 +89,10 @@ fn sse_framing_roles_finish_usage_and_done() {
     });
     let payloads = stream(&format!("{}/v1/chat/completions", live.url), &body).unwrap();
     assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1].iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
     let id = chunks[0]["id"].as_str().unwrap();
     for chunk in &chunks {
         assert_eq!(chunk["object"], "chat.completion.chunk");
@@ -75,16 +100,29 @@ fn sse_framing_roles_finish_usage_and_done() {
     }
     // Each choice opens with the role and ends with finish_reason "length" (5 tokens).
     for index in 0..2 {
-        let mine: Vec<&Value> = chunks.iter().filter(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty()) && c["choices"][0]["index"] == index).collect();
+        let mine: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| {
+                c["choices"].as_array().is_some_and(|a| !a.is_empty())
+                    && c["choices"][0]["index"] == index
+            })
+            .collect();
         assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(mine.last().unwrap()["choices"][0]["finish_reason"], "length");
-        assert!(mine[1..mine.len() - 1].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
+        assert_eq!(
+            mine.last().unwrap()["choices"][0]["finish_reason"],
+            "length"
+        );
+        assert!(mine[1..mine.len() - 1]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null()));
     }
     // The usage chunk comes last, with no choices; other chunks carry "usage": null.
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 10);
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c["usage"].is_null()));
     // Completions stream too.
     let payloads = stream(
         &format!("{}/v1/completions", live.url),
@@ -98,7 +136,10 @@ fn sse_framing_roles_finish_usage_and_done() {
 
 fn assert_error(response: &Value, kind: &str, param: Option<&str>) {
     let error = &response["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{response}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{response}"
+    );
     assert_eq!(error["type"], kind, "{response}");
     assert_eq!(error["param"].as_str(), param, "{response}");
     assert!(error.get("code").is_some(), "{response}");
@@ -109,8 +150,19 @@ fn every_endpoint_and_error_shape() {
     let Some(model) = model() else { return };
     let dir = tempfile::tempdir().unwrap();
     let adapter_dir = random_adapter(&model, dir.path(), "a", 2, 0.02);
-    let config = ServerConfig { max_body_bytes: 4096, max_tokens_limit: 64, ..ServerConfig::default() };
-    let live = start(model, &[("tuned", &adapter_dir)], None, 10, config, EngineConfig::default());
+    let config = ServerConfig {
+        max_body_bytes: 4096,
+        max_tokens_limit: 64,
+        ..ServerConfig::default()
+    };
+    let live = start(
+        model,
+        &[("tuned", &adapter_dir)],
+        None,
+        10,
+        config,
+        EngineConfig::default(),
+    );
     let chat = format!("{}/v1/chat/completions", live.url);
 
     let (status, health) = get(&format!("{}/health", live.url));
@@ -129,17 +181,72 @@ fn every_endpoint_and_error_shape() {
 
     let user = json!([{"role": "user", "content": "Hi"}]);
     let cases: Vec<(Value, u16, &str, Option<&str>)> = vec![
-        (json!({"model": "nope", "messages": user}), 404, "not_found_error", Some("model")),
-        (json!({"model": live.base_id, "messages": []}), 400, "invalid_request_error", Some("messages")),
-        (json!({"model": live.base_id, "messages": user, "temperature": 5}), 400, "invalid_request_error", Some("temperature")),
-        (json!({"model": live.base_id, "messages": user, "top_p": 0}), 400, "invalid_request_error", Some("top_p")),
-        (json!({"model": live.base_id, "messages": user, "max_tokens": 65}), 400, "invalid_request_error", Some("max_tokens")),
-        (json!({"model": live.base_id, "messages": user, "max_completion_tokens": 0}), 400, "invalid_request_error", Some("max_completion_tokens")),
-        (json!({"model": live.base_id, "messages": user, "n": 0}), 400, "invalid_request_error", Some("n")),
-        (json!({"model": live.base_id, "messages": user, "stop": ["a", "b", "c", "d", "e"]}), 400, "invalid_request_error", Some("stop")),
-        (json!({"model": live.base_id, "messages": [{"role": "robot", "content": "x"}]}), 400, "invalid_request_error", Some("messages[0].role")),
-        (json!({"model": live.base_id, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), 400, "invalid_request_error", Some("messages[0].content[0]")),
-        (json!({"messages": user}), 400, "invalid_request_error", None),
+        (
+            json!({"model": "nope", "messages": user}),
+            404,
+            "not_found_error",
+            Some("model"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": []}),
+            400,
+            "invalid_request_error",
+            Some("messages"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "temperature": 5}),
+            400,
+            "invalid_request_error",
+            Some("temperature"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "top_p": 0}),
+            400,
+            "invalid_request_error",
+            Some("top_p"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "max_tokens": 65}),
+            400,
+            "invalid_request_error",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "max_completion_tokens": 0}),
+            400,
+            "invalid_request_error",
+            Some("max_completion_tokens"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "n": 0}),
+            400,
+            "invalid_request_error",
+            Some("n"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": user, "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            "invalid_request_error",
+            Some("stop"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            "invalid_request_error",
+            Some("messages[0].role"),
+        ),
+        (
+            json!({"model": live.base_id, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            400,
+            "invalid_request_error",
+            Some("messages[0].content[0]"),
+        ),
+        (
+            json!({"messages": user}),
+            400,
+            "invalid_request_error",
+            None,
+        ),
     ];
     for (body, status, kind, param) in cases {
         let (got, response) = post(&chat, &body);
@@ -147,13 +254,26 @@ fn every_endpoint_and_error_shape() {
         assert_error(&response, kind, param);
     }
     // Malformed JSON names the position.
-    let response = ureq::post(&chat).set("content-type", "application/json").send_string("{\"model\": ");
-    let Err(ureq::Error::Status(400, r)) = response else { panic!("malformed JSON accepted") };
+    let response = ureq::post(&chat)
+        .set("content-type", "application/json")
+        .send_string("{\"model\": ");
+    let Err(ureq::Error::Status(400, r)) = response else {
+        panic!("malformed JSON accepted")
+    };
     let body: Value = r.into_json().unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("line 1"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1"),
+        "{body}"
+    );
     // Over the body limit: 413.
     let big = "x".repeat(5000);
-    let (status, response) = post(&chat, &json!({"model": live.base_id, "messages": [{"role": "user", "content": big}]}));
+    let (status, response) = post(
+        &chat,
+        &json!({"model": live.base_id, "messages": [{"role": "user", "content": big}]}),
+    );
     assert_eq!(status, 413, "{response}");
     assert_error(&response, "invalid_request_error", None);
     // Unknown endpoint.
@@ -162,14 +282,24 @@ fn every_endpoint_and_error_shape() {
     assert_error(&response, "not_found_error", None);
 
     // Stop strings end the text before the stop; n gives n choices.
-    let (status, response) = post(&chat, &json!({"model": live.base_id, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 24, "stop": [" Paris"], "n": 2}));
+    let (status, response) = post(
+        &chat,
+        &json!({"model": live.base_id, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 24, "stop": [" Paris"], "n": 2}),
+    );
     assert_eq!(status, 200, "{response}");
-    assert_eq!(response["choices"][0]["message"]["content"], "The capital of France is");
+    assert_eq!(
+        response["choices"][0]["message"]["content"],
+        "The capital of France is"
+    );
     assert_eq!(response["choices"][0]["finish_reason"], "stop");
     assert_eq!(response["choices"].as_array().unwrap().len(), 2);
 
     // Metrics reflect the traffic.
-    let text = ureq::get(&format!("{}/metrics", live.url)).call().unwrap().into_string().unwrap();
+    let text = ureq::get(&format!("{}/metrics", live.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
     for needle in [
         "llm_requests_total{model=\"nope\",status=\"404\",endpoint=\"/v1/chat/completions\"} 1",
         "llm_errors_total{",
@@ -186,14 +316,22 @@ fn every_endpoint_and_error_shape() {
 #[test]
 fn api_key_is_required_except_for_health() {
     let Some(model) = model() else { return };
-    let config = ServerConfig { api_key: Some("sekret".into()), ..ServerConfig::default() };
+    let config = ServerConfig {
+        api_key: Some("sekret".into()),
+        ..ServerConfig::default()
+    };
     let live = start(model, &[], None, 10, config, EngineConfig::default());
     let (status, response) = get(&format!("{}/v1/models", live.url));
     assert_eq!(status, 401);
     assert_eq!(response["error"]["code"], "invalid_api_key");
-    let wrong = ureq::get(&format!("{}/v1/models", live.url)).set("Authorization", "Bearer nope").call();
+    let wrong = ureq::get(&format!("{}/v1/models", live.url))
+        .set("Authorization", "Bearer nope")
+        .call();
     assert!(matches!(wrong, Err(ureq::Error::Status(401, _))));
-    let right = ureq::get(&format!("{}/v1/models", live.url)).set("Authorization", "Bearer sekret").call().unwrap();
+    let right = ureq::get(&format!("{}/v1/models", live.url))
+        .set("Authorization", "Bearer sekret")
+        .call()
+        .unwrap();
     assert_eq!(right.status(), 200);
     assert_eq!(get(&format!("{}/health", live.url)).0, 200);
 }
@@ -213,10 +351,20 @@ fn adapters_load_replace_unload_and_stay_confined() {
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(foreign.join(file), dest.join(file)).unwrap();
     }
-    let live = start(model.clone(), &[], Some(root.path().to_path_buf()), 1, ServerConfig::default(), EngineConfig::default());
+    let live = start(
+        model.clone(),
+        &[],
+        Some(root.path().to_path_buf()),
+        1,
+        ServerConfig::default(),
+        EngineConfig::default(),
+    );
     let admin = format!("{}/v1/adapters", live.url);
     let chat = |name: &str| {
-        post(&format!("{}/v1/chat/completions", live.url), &json!({"model": name, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 6}))
+        post(
+            &format!("{}/v1/chat/completions", live.url),
+            &json!({"model": name, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 6}),
+        )
     };
 
     let (status, loaded) = post(&admin, &json!({"name": "x", "path": "a"}));
@@ -233,38 +381,73 @@ fn adapters_load_replace_unload_and_stay_confined() {
     // A second adapter with max resident 1 evicts the first, which reloads on demand.
     assert_eq!(post(&admin, &json!({"name": "y", "path": "a"})).0, 200);
     let (_, listing) = get(&admin);
-    let resident = |name: &str| listing["data"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["resident"].clone();
+    let resident = |name: &str| {
+        listing["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["resident"]
+            .clone()
+    };
     assert_eq!(resident("x"), false);
     assert_eq!(resident("y"), true);
     let (status, again) = chat("x");
     assert_eq!(status, 200);
     assert_eq!(again["system_fingerprint"], "x@2");
     // Same adapter, same answer, whichever name serves it.
-    let adapter_a = model.model.load_adapter(&a, &LoadOptions::default()).unwrap();
-    assert_eq!(chat("y").1["choices"][0]["message"]["content"], generate(&model, PROMPT, false, 6, Some(&adapter_a)));
+    let adapter_a = model
+        .model
+        .load_adapter(&a, &LoadOptions::default())
+        .unwrap();
+    assert_eq!(
+        chat("y").1["choices"][0]["message"]["content"],
+        generate(&model, PROMPT, false, 6, Some(&adapter_a))
+    );
 
     for (body, param_text) in [
         (json!({"name": "z", "path": "../"}), "outside"),
-        (json!({"name": "z", "path": outside.path().join("c").display().to_string()}), "outside"),
-        (json!({"name": "z", "path": "missing"}), "no adapter directory"),
+        (
+            json!({"name": "z", "path": outside.path().join("c").display().to_string()}),
+            "outside",
+        ),
+        (
+            json!({"name": "z", "path": "missing"}),
+            "no adapter directory",
+        ),
         (json!({"name": "bad name!", "path": "a"}), "name"),
         (json!({"name": "z", "path": "foreign"}), "foreign"),
     ] {
         let (status, response) = post(&admin, &body);
         assert_eq!(status, 400, "{body} → {response}");
-        assert!(response["error"]["message"].as_str().unwrap().contains(param_text), "{body} → {response}");
+        assert!(
+            response["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(param_text),
+            "{body} → {response}"
+        );
     }
     let delete = ureq::delete(&format!("{admin}/x")).call().unwrap();
     assert_eq!(delete.status(), 200);
     assert_eq!(chat("x").0, 404);
-    assert!(matches!(ureq::delete(&format!("{admin}/x")).call(), Err(ureq::Error::Status(404, _))));
+    assert!(matches!(
+        ureq::delete(&format!("{admin}/x")).call(),
+        Err(ureq::Error::Status(404, _))
+    ));
 }
 
 #[test]
 fn loading_over_http_is_off_without_an_adapters_dir() {
     let Some(model) = model() else { return };
     let live = start_simple(model, &[]);
-    let (status, response) = post(&format!("{}/v1/adapters", live.url), &json!({"name": "x", "path": "/tmp"}));
+    let (status, response) = post(
+        &format!("{}/v1/adapters", live.url),
+        &json!({"name": "x", "path": "/tmp"}),
+    );
     assert_eq!(status, 403, "{response}");
-    assert!(response["error"]["message"].as_str().unwrap().contains("--adapters-dir"));
+    assert!(response["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--adapters-dir"));
 }

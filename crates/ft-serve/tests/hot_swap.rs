@@ -23,7 +23,10 @@ const PROMPT: &str = "What is the capital of France?";
 fn replacing_an_adapter_under_load_fails_no_request() {
     let Some(model) = model() else { return };
     // FT_HOT_SWAP_SECONDS shortens the run when iterating locally; CI runs the full 30 s.
-    let seconds: u64 = std::env::var("FT_HOT_SWAP_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let seconds: u64 = std::env::var("FT_HOT_SWAP_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let root = tempfile::tempdir().unwrap();
     let dirs = [
         random_adapter(&model, root.path(), "a", 1, 0.4),
@@ -32,14 +35,30 @@ fn replacing_an_adapter_under_load_fails_no_request() {
     let expected: Vec<String> = dirs
         .iter()
         .map(|d| {
-            let adapter = model.model.load_adapter(d, &LoadOptions::default()).unwrap();
+            let adapter = model
+                .model
+                .load_adapter(d, &LoadOptions::default())
+                .unwrap();
             generate(&model, PROMPT, false, MAX_TOKENS, Some(&adapter))
         })
         .collect();
-    assert_ne!(expected[0], expected[1], "the two versions must answer differently");
+    assert_ne!(
+        expected[0], expected[1],
+        "the two versions must answer differently"
+    );
 
-    let engine = EngineConfig { max_batch: CLIENTS, max_queue: 4 * CLIENTS };
-    let live = start(model, &[], Some(root.path().to_path_buf()), 10, ServerConfig::default(), engine);
+    let engine = EngineConfig {
+        max_batch: CLIENTS,
+        max_queue: 4 * CLIENTS,
+    };
+    let live = start(
+        model,
+        &[],
+        Some(root.path().to_path_buf()),
+        10,
+        ServerConfig::default(),
+        engine,
+    );
     let admin = format!("{}/v1/adapters", live.url);
     // version → which directory it was loaded from
     let versions: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -86,12 +105,22 @@ fn replacing_an_adapter_under_load_fails_no_request() {
                         let mut tags = Vec::new();
                         let mut text = String::new();
                         for p in &payloads[..payloads.len() - 1] {
-                            let chunk: Value = serde_json::from_str(p).map_err(|e| e.to_string())?;
+                            let chunk: Value =
+                                serde_json::from_str(p).map_err(|e| e.to_string())?;
                             if chunk.get("error").is_some() {
                                 return Err(format!("error chunk: {chunk}"));
                             }
-                            tags.push(chunk["system_fingerprint"].as_str().unwrap_or_default().to_string());
-                            text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or_default());
+                            tags.push(
+                                chunk["system_fingerprint"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            );
+                            text.push_str(
+                                chunk["choices"][0]["delta"]["content"]
+                                    .as_str()
+                                    .unwrap_or_default(),
+                            );
                         }
                         tags.dedup();
                         match tags.as_slice() {
@@ -105,20 +134,39 @@ fn replacing_an_adapter_under_load_fails_no_request() {
             })
         })
         .collect();
-    let results: Vec<_> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     stop.store(true, Ordering::SeqCst);
     let swaps = swapper.join().unwrap();
 
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), results.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        results.len(),
+        &failures[..failures.len().min(5)]
+    );
     let versions = versions.lock().unwrap();
     let mut per_version: HashMap<&str, usize> = HashMap::new();
     for (tag, text) in results.iter().flatten() {
         let which = versions[tag.as_str()];
-        assert_eq!(text, &expected[which], "{tag} (adapter {which}) answered with another version's text");
+        assert_eq!(
+            text, &expected[which],
+            "{tag} (adapter {which}) answered with another version's text"
+        );
         *per_version.entry(tag).or_default() += 1;
     }
     assert!(swaps >= seconds as usize / 2, "only {swaps} swaps");
-    assert!(per_version.len() >= 2, "responses came from only {per_version:?}");
-    eprintln!("{} requests, {swaps} swaps, {} versions served, 0 failures", results.len(), per_version.len());
+    assert!(
+        per_version.len() >= 2,
+        "responses came from only {per_version:?}"
+    );
+    eprintln!(
+        "{} requests, {swaps} swaps, {} versions served, 0 failures",
+        results.len(),
+        per_version.len()
+    );
 }

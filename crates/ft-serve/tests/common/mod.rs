@@ -23,7 +23,9 @@ pub struct Live {
 /// Loads the default model, or `None` outside CI when it is missing.
 pub fn model() -> Option<Arc<TextModel>> {
     let path = ft_core::testing::default_gguf()?;
-    Some(Arc::new(TextModel::load(&path, &candle_core::Device::Cpu).expect("model loads")))
+    Some(Arc::new(
+        TextModel::load(&path, &candle_core::Device::Cpu).expect("model loads"),
+    ))
 }
 
 /// Starts a server over `model` with `adapters` (name, dir) preloaded.
@@ -48,21 +50,50 @@ pub fn start(
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     runtime.spawn(server.serve(listener, std::future::pending()));
     let base_id = registry.base_id();
-    Live { url, model, registry, base_id, _runtime: runtime }
+    Live {
+        url,
+        model,
+        registry,
+        base_id,
+        _runtime: runtime,
+    }
 }
 
 /// A server with default limits.
 pub fn start_simple(model: Arc<TextModel>, adapters: &[(&str, &Path)]) -> Live {
-    start(model, adapters, None, 10, ServerConfig::default(), EngineConfig::default())
+    start(
+        model,
+        adapters,
+        None,
+        10,
+        ServerConfig::default(),
+        EngineConfig::default(),
+    )
 }
 
 /// Writes an adapter for `model` whose B matrices are random (seeded), so it changes the
 /// model's answers; returns its directory under `parent`.
-pub fn random_adapter(model: &TextModel, parent: &Path, name: &str, seed: u64, scale: f64) -> PathBuf {
+pub fn random_adapter(
+    model: &TextModel,
+    parent: &Path,
+    name: &str,
+    seed: u64,
+    scale: f64,
+) -> PathBuf {
     let transformer = &model.model.transformer;
-    let config = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, ..LoraConfig::default() };
-    let init = LoraAdapter::init(transformer, config.clone(), seed, Some(model.model.fingerprint.clone()))
-        .expect("init");
+    let config = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    };
+    let init = LoraAdapter::init(
+        transformer,
+        config.clone(),
+        seed,
+        Some(model.model.fingerprint.clone()),
+    )
+    .expect("init");
     let mut state = seed;
     let matrices = init
         .modules()
@@ -72,7 +103,9 @@ pub fn random_adapter(model: &TextModel, parent: &Path, name: &str, seed: u64, s
             // A small LCG: deterministic values without another RNG dependency.
             let values: Vec<f32> = (0..n)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (((state >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0) as f32 * scale as f32
                 })
                 .collect();
@@ -80,14 +113,21 @@ pub fn random_adapter(model: &TextModel, parent: &Path, name: &str, seed: u64, s
             (path.clone(), module.a.clone(), b)
         })
         .collect();
-    let adapter = LoraAdapter::from_modules(config, matrices, Some(model.model.fingerprint.clone()));
+    let adapter =
+        LoraAdapter::from_modules(config, matrices, Some(model.model.fingerprint.clone()));
     let dir = parent.join(name);
     save_adapter(&adapter, &dir, "SmolLM2-135M-Instruct").expect("save");
     dir
 }
 
 /// `ft generate`'s greedy answer (the reference for HTTP outputs).
-pub fn generate(model: &TextModel, prompt: &str, raw: bool, max_tokens: usize, adapter: Option<&LoraAdapter>) -> String {
+pub fn generate(
+    model: &TextModel,
+    prompt: &str,
+    raw: bool,
+    max_tokens: usize,
+    adapter: Option<&LoraAdapter>,
+) -> String {
     let request = TextRequest {
         prompt: prompt.to_string(),
         raw,
@@ -101,7 +141,9 @@ pub fn generate(model: &TextModel, prompt: &str, raw: bool, max_tokens: usize, a
 pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     match ureq::post(url).send_json(body.clone()) {
         Ok(r) => (r.status(), r.into_json().unwrap_or(serde_json::Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(serde_json::Value::Null)),
+        Err(ureq::Error::Status(code, r)) => {
+            (code, r.into_json().unwrap_or(serde_json::Value::Null))
+        }
         Err(e) => panic!("POST {url}: {e}"),
     }
 }
@@ -110,7 +152,9 @@ pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
 pub fn get(url: &str) -> (u16, serde_json::Value) {
     match ureq::get(url).call() {
         Ok(r) => (r.status(), r.into_json().unwrap_or(serde_json::Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(serde_json::Value::Null)),
+        Err(ureq::Error::Status(code, r)) => {
+            (code, r.into_json().unwrap_or(serde_json::Value::Null))
+        }
         Err(e) => panic!("GET {url}: {e}"),
     }
 }
@@ -118,8 +162,13 @@ pub fn get(url: &str) -> (u16, serde_json::Value) {
 /// Streams a request; returns every `data:` payload in order (the raw SSE lines are checked).
 pub fn stream(url: &str, body: &serde_json::Value) -> Result<Vec<String>, String> {
     use std::io::BufRead;
-    let response = ureq::post(url).send_json(body.clone()).map_err(|e| e.to_string())?;
-    let content_type = response.header("content-type").unwrap_or_default().to_string();
+    let response = ureq::post(url)
+        .send_json(body.clone())
+        .map_err(|e| e.to_string())?;
+    let content_type = response
+        .header("content-type")
+        .unwrap_or_default()
+        .to_string();
     if !content_type.starts_with("text/event-stream") {
         return Err(format!("content-type {content_type}"));
     }
