@@ -68,7 +68,7 @@ fn loss_equals_ft_train_eval_loss() {
             MetricsRow::Eval(m) => Some(m),
             _ => None,
         })
-        .last()
+        .next_back()
         .expect("an eval row");
     let adapter = model
         .model
@@ -151,7 +151,13 @@ fn mixed_adapter_generation_gives_each_model_its_own_answers() {
             .encode(&template.render(&context, true).unwrap(), false)
             .unwrap();
         for (name, lora) in [("base", None), ("peft", Some(adapter.as_ref()))] {
-            let alone = generate(&model.model.transformer, &[ids.clone()], &params, lora).unwrap();
+            let alone = generate(
+                &model.model.transformer,
+                std::slice::from_ref(&ids),
+                &params,
+                lora,
+            )
+            .unwrap();
             let text = model.tokenizer.decode(&alone[0], true).unwrap();
             assert_eq!(
                 example.outputs[name].text,

@@ -100,17 +100,18 @@ fn chat_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let role =
-                match m.role.as_str() {
-                    "developer" => "system",
-                    "system" | "user" | "assistant" => m.role.as_str(),
-                    other => return Err(ApiError::invalid(
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                "system" | "user" | "assistant" => m.role.as_str(),
+                other => {
+                    return Err(ApiError::invalid(
                         &format!("messages[{i}].role"),
                         format!(
                             "unsupported role `{other}` (use system, developer, user or assistant)"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             Ok(Message::new(role, content_text(&m.content, i)?))
         })
         .collect()

@@ -451,3 +451,71 @@ fn loading_over_http_is_off_without_an_adapters_dir() {
         .unwrap()
         .contains("--adapters-dir"));
 }
+
+#[test]
+fn a_client_that_disconnects_frees_its_slot() {
+    use std::io::BufRead;
+    let Some(model) = model() else { return };
+    let live = start_simple(model, &[]);
+    let body = json!({"model": live.base_id, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 2000, "stream": true});
+    let response = ureq::post(&format!("{}/v1/chat/completions", live.url))
+        .send_json(body)
+        .unwrap();
+    let mut reader = std::io::BufReader::new(response.into_reader());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("data: "));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(&format!("{}/health", live.url)).1["running"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never started decoding"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(reader); // the client goes away mid-stream
+    loop {
+        let (_, health) = get(&format!("{}/health", live.url));
+        if health["running"] == 0 && health["queue_depth"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed: {health}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let Some(model) = model() else { return };
+    let engine = EngineConfig {
+        max_batch: 1,
+        max_queue: 1,
+    };
+    let live = start(model, &[], None, 10, ServerConfig::default(), engine);
+    let url = format!("{}/v1/chat/completions", live.url);
+    let body = json!({"model": live.base_id, "messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 40, "temperature": 0});
+    // One request runs, one waits; the next ones find the queue full.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            let handle = std::thread::spawn(move || post(&url, &body).0);
+            // Let the scheduler take the first before the second queues.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            handle
+        })
+        .collect();
+    let response = ureq::post(&url).send_json(body.clone());
+    let Err(ureq::Error::Status(429, r)) = response else {
+        panic!("expected 429, got {response:?}")
+    };
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let error: Value = r.into_json().unwrap();
+    assert_eq!(error["error"]["code"], "queue_full");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    for handle in busy {
+        assert_eq!(handle.join().unwrap(), 200);
+    }
+}
