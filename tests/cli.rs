@@ -2,31 +2,21 @@
 //! outputs (tests/fixtures/smollm2, made by scripts/reference/make_smollm2_fixtures.py), and
 //! every bad input the CLI must refuse with a one-line error and exit code 1.
 
+mod common;
+use common::{ft, repo};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
 const NLL_MEAN_ABS_TOL: f64 = 1e-3;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The default GGUF, or `None` outside CI when it has not been fetched. Under `CI=true` a
 /// missing model fails the test instead of skipping it.
 fn smollm2() -> Option<PathBuf> {
     ft::core::testing::default_gguf()
-}
-
-fn ft(args: &[&str]) -> Result<Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_ft"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "error")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()?)
 }
 
 /// Asserts a clean refusal: exit code 1, one `error:` line that mentions `needle`, no panic.

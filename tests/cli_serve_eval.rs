@@ -1,26 +1,16 @@
 //! `ft eval` and `ft serve` end to end through the binary: the gate's exit code, the report
 //! files, refusals of bad options, and a live server answering over HTTP.
 
+mod common;
+use common::{ft, repo};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ft(args: &[&str]) -> Result<Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_ft"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "error")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()?)
-}
 
 #[test]
 fn eval_gate_sets_the_exit_code_and_writes_the_report() -> Result<()> {

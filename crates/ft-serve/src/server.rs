@@ -218,30 +218,57 @@ impl Drop for RequestRecord {
     }
 }
 
+/// A request body that names its `model` and becomes a [`Plan`].
+trait CompletionBody: serde::de::DeserializeOwned {
+    fn model(&self) -> &str;
+    fn plan(self, state: &AppState) -> Result<Plan, ApiError>;
+}
+
+impl CompletionBody for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
+        Plan::chat(state, self)
+    }
+}
+
+impl CompletionBody for CompletionRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
+        Plan::completion(state, self)
+    }
+}
+
+/// Parses, validates and runs a request of either completion endpoint.
+async fn complete<R: CompletionBody>(
+    state: AppState,
+    endpoint: &'static str,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut record = RequestRecord::new(&state, endpoint);
+    let request = body_bytes(&state, body).and_then(|b| parse_json::<R>(&b));
+    if let Ok(request) = &request {
+        record.model = request.model().to_string();
+    }
+    let plan = request.and_then(|request| request.plan(&state));
+    run(state, plan, record).await
+}
+
 async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut record = RequestRecord::new(&state, "/v1/chat/completions");
-    let request = body_bytes(&state, body).and_then(|b| parse_json::<ChatRequest>(&b));
-    if let Ok(request) = &request {
-        record.model = request.model.clone();
-    }
-    let plan = request.and_then(|request| Plan::chat(&state, request));
-    run(state, plan, record).await
+    complete::<ChatRequest>(state, "/v1/chat/completions", body).await
 }
 
 async fn completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut record = RequestRecord::new(&state, "/v1/completions");
-    let request = body_bytes(&state, body).and_then(|b| parse_json::<CompletionRequest>(&b));
-    if let Ok(request) = &request {
-        record.model = request.model.clone();
-    }
-    let plan = request.and_then(|request| Plan::completion(&state, request));
-    run(state, plan, record).await
+    complete::<CompletionRequest>(state, "/v1/completions", body).await
 }
 
 /// Submits a validated request and answers as JSON or as a stream.
