@@ -20,6 +20,18 @@ THREADS=2
 # The machine this was tuned on has 2 cores: every engine gets the same 2 threads.
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
+# Numbers taken while other jobs compete for the cores are not comparable (the anchors' thread
+# pools spin-wait and suffer far more from oversubscription than ft does): say so up front.
+load_note() {
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
+  echo "load average $1: $load on $(nproc) cores"
+  if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0.5 * float(sys.argv[2]) else 1)" "$load" "$(nproc)" 2>/dev/null; then
+    echo "warning: the machine is busy; absolute numbers and the anchor ratios are unreliable"
+  fi
+}
+load_note "before the run (ft serve not yet started)"
+
 tmp=$(mktemp -d)
 cleanup() {
   stop_ft_serve
@@ -82,3 +94,4 @@ if [ -f scripts/bench/_llama_cpp.sh ]; then
 else
   echo "llama.cpp anchor unavailable (no scripts/bench/_llama_cpp.sh)"
 fi
+load_note "at the end"
