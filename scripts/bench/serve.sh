@@ -50,9 +50,10 @@ done
 
 echo "starting $FT_BIN serve with 8 adapters (a0..a7 = copies of $source_adapter) ..."
 start_ft_serve "$tmp/serve.log" --model "$MODEL" "${adapter_args[@]}"
-# N = max(4, 2 × concurrency): 4 + 16 + 64 requests per scenario, ~5.4k output tokens in all,
-# which keeps the load part to a couple of minutes on 2 cores; raise --requests-factor on a
-# bigger machine for steadier percentiles.
+# N = max(4, 2 × concurrency): 4 + 16 + 64 requests per scenario, at most 5.4k output tokens in
+# all (about 3k in practice: many answers end before 32 tokens), which keeps the load part to
+# about 1.5 minutes on 2 cores; raise --requests-factor on a bigger machine for steadier
+# percentiles.
 status=0
 load=$("$OPENAI_PYTHON" scripts/bench/serve_load.py --base-url "$FT_SERVE_URL" \
   --base-model "$(basename "$MODEL" .gguf)" --adapters "$(IFS=,; echo "${names[*]}")" \

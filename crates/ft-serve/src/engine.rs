@@ -162,8 +162,19 @@ impl Engine {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable("the engine is shutting down"));
         }
+        let max_queue = self.shared.config.max_queue;
+        if sequences.len() > max_queue {
+            // Waiting would not help: say so instead of a retryable 429.
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "the request needs {} sequences but the server queues at most {max_queue}",
+                    sequences.len()
+                ),
+            ));
+        }
         let mut queue = self.queue();
-        if queue.len() + sequences.len() > self.shared.config.max_queue {
+        if queue.len() + sequences.len() > max_queue {
             return Err(ApiError::overloaded(queue.len()));
         }
         queue.extend(sequences);

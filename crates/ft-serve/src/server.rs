@@ -105,6 +105,7 @@ impl Server {
             .route("/metrics", get(metrics))
             .route("/health", get(health))
             .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(state.clone(), authorize))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .with_state(state)
@@ -117,8 +118,15 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
+        // Stop the engine as soon as the signal comes: running streams then end at once
+        // instead of holding the graceful shutdown open until they finish generating.
+        let stop_engine = engine.clone();
+        let signal = async move {
+            shutdown.await;
+            stop_engine.shutdown();
+        };
         let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(signal)
             .await;
         engine.shutdown();
         result

@@ -276,10 +276,13 @@ fn every_endpoint_and_error_shape() {
     );
     assert_eq!(status, 413, "{response}");
     assert_error(&response, "invalid_request_error", None);
-    // Unknown endpoint.
+    // Unknown endpoint; known endpoint, wrong method.
     let (status, response) = get(&format!("{}/v1/nothing", live.url));
     assert_eq!(status, 404);
     assert_error(&response, "not_found_error", None);
+    let (status, response) = get(&chat);
+    assert_eq!(status, 405);
+    assert_error(&response, "invalid_request_error", None);
 
     // Stop strings end the text before the stop; n gives n choices.
     let (status, response) = post(
@@ -518,4 +521,10 @@ fn a_full_queue_answers_429_with_retry_after() {
     for handle in busy {
         assert_eq!(handle.join().unwrap(), 200);
     }
+    // A request that could never fit the queue is a 400, not a retryable 429.
+    let mut too_many = body.clone();
+    too_many["n"] = json!(2);
+    let (status, response) = post(&url, &too_many);
+    assert_eq!(status, 400, "{response}");
+    assert_eq!(response["error"]["param"], "n");
 }
