@@ -299,11 +299,7 @@ pub fn evaluate(
                 .iter()
                 .map(|(_, c)| candidates[*c].adapter.clone())
                 .collect();
-            let row_adapters = if per_row.iter().any(Option::is_some) {
-                Some(RowAdapters::new(&per_row, transformer.device())?)
-            } else {
-                None
-            };
+            let row_adapters = RowAdapters::for_rows(&per_row, transformer.device())?;
             let lora = row_adapters.as_ref().map_or(Lora::None, Lora::Rows);
             let generated = generate(transformer, &prompts, &params, lora)?;
             for ((i, c), ids) in chunk.iter().zip(generated) {

@@ -59,6 +59,9 @@ pub enum Error {
     /// Reading or tokenizing the dataset failed.
     #[error(transparent)]
     Dataset(#[from] ft_data::Error),
+    /// A report file could not be written.
+    #[error(transparent)]
+    Report(#[from] ft_model::Error),
     /// The model failed.
     #[error("model: {}", ft_core::error::one_line(.0))]
     Model(#[from] candle_core::Error),

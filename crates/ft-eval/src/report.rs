@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use ft_model::adapter_io::write_atomically;
+
 use crate::gate::GateResult;
 use crate::judge::{JudgeSummary, PairJudgement};
 use crate::{Error, Result};
@@ -146,7 +148,8 @@ impl Report {
         let json = serde_json::to_string_pretty(self).map_err(|e| Error::Setting(e.to_string()))?;
         write_atomically(&dir.join("report.json"), json.as_bytes())?;
         write_atomically(&dir.join("report.md"), self.markdown().as_bytes())?;
-        write_atomically(&dir.join("chart.svg"), self.chart_svg().as_bytes())
+        write_atomically(&dir.join("chart.svg"), self.chart_svg().as_bytes())?;
+        Ok(())
     }
 
     fn metric_keys(&self) -> Vec<String> {
@@ -329,10 +332,4 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

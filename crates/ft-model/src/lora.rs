@@ -437,6 +437,16 @@ impl RowAdapters {
         })
     }
 
+    /// [`RowAdapters::new`] when at least one row has an adapter; `None` when every row runs on
+    /// the base alone (then the forward pass needs no adapter at all).
+    pub fn for_rows(per_row: &[Option<Arc<LoraAdapter>>], device: &Device) -> Result<Option<Self>> {
+        if per_row.iter().any(Option::is_some) {
+            Self::new(per_row, device).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The low-rank updates of module `path` for `x: (rows, .., in)`, added to `y: (rows, .., out)`.
     pub(crate) fn add_updates(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
         if x.dim(0)? != self.rows {

@@ -328,11 +328,7 @@ impl Scheduler {
             .iter()
             .map(|s| s.request.adapter.as_ref().map(|a| a.adapter.clone()))
             .collect();
-        let rows = if per_row.iter().any(Option::is_some) {
-            Some(RowAdapters::new(&per_row, model.device())?)
-        } else {
-            None
-        };
+        let rows = RowAdapters::for_rows(&per_row, model.device())?;
         let lora = rows.as_ref().map_or(Lora::None, Lora::Rows);
         let logits = {
             let mut caches: Vec<&mut Cache> =

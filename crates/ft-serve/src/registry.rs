@@ -179,10 +179,7 @@ impl Registry {
         self.base
             .model
             .load_adapter(dir, &LoadOptions::default())
-            .map_err(|e| match e {
-                ft_model::Error::BaseMismatch { .. } => ApiError::invalid("path", e.to_string()),
-                other => ApiError::invalid("path", other.to_string()),
-            })
+            .map_err(|e| ApiError::invalid("path", e.to_string()))
     }
 
     /// Drops the weights of the least recently used adapters beyond the bound (never `keep`).
