@@ -22,7 +22,9 @@
 mod frozen_linear;
 mod loss;
 mod norm;
+pub mod quant;
 mod rope;
+pub mod threads;
 
 pub use frozen_linear::{frozen_linear, set_naive_frozen_linear};
 pub use loss::masked_cross_entropy;

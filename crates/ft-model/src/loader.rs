@@ -7,14 +7,18 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Architecture, Config, HfConfig, RopeScaling};
+use crate::linear::QuantizedWeights;
+use crate::pretrained::{ModelOptions, Precision};
 use crate::{Error, Result};
 use ft_core::error::one_line;
+use ft_kernels::quant::{QuantMatrix, QuantType};
 
 /// A model's configuration and weights, named as in Hugging Face checkpoints.
 pub struct LoadedWeights {
@@ -22,18 +26,56 @@ pub struct LoadedWeights {
     pub config: Config,
     /// Weights by HF name (`model.layers.0.self_attn.q_proj.weight`), in the compute dtype.
     pub tensors: HashMap<String, Tensor>,
+    /// Weights kept in their block type (with [`Precision::Quantized`]); these are not in
+    /// `tensors`.
+    pub quantized: QuantizedWeights,
     /// The file or directory they came from.
     pub source: PathBuf,
 }
 
-/// Loads a GGUF file or an HF directory, choosing by what `path` is.
+/// Loads a GGUF file or an HF directory in full precision, choosing by what `path` is.
 pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+    load_weights_with(path, dtype, device, &ModelOptions::default())
+}
+
+/// As [`load_weights`], keeping the linear weights quantized when `options` asks.
+pub fn load_weights_with(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    options: &ModelOptions,
+) -> Result<LoadedWeights> {
     let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let quantized = options.precision == Precision::Quantized && device.is_cpu();
     if metadata.is_dir() {
-        load_hf_dir(path, dtype, device)
+        let quantize = options.quantize.filter(|_| quantized);
+        load_hf_dir(path, dtype, device, quantize)
     } else {
-        load_gguf(path, dtype, device)
+        load_gguf(path, dtype, device, quantized)
     }
+}
+
+/// Weights that the quantized path multiplies in their block type: the linears, the token
+/// embedding (rows are dequantized on lookup) and the LM head. Norms and biases stay dense.
+fn is_quantizable(hf_name: &str) -> bool {
+    hf_name.ends_with("_proj.weight")
+        || hf_name == "model.embed_tokens.weight"
+        || hf_name == "lm_head.weight"
+}
+
+/// The row order that undoes llama.cpp's q/k permutation (see [`unpermute_rows`]).
+fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    // HF row (h, i, j) of (heads, 2, half) came from llama.cpp row (h, j, i) of (heads, half, 2).
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for i in 0..2 {
+            for j in 0..half {
+                order.push(h * 2 * half + j * 2 + i);
+            }
+        }
+    }
+    order
 }
 
 fn gguf_error(path: &Path, reason: impl Into<String>) -> Error {
@@ -198,17 +240,53 @@ fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> 
         .reshape(dims)
 }
 
-fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+fn load_gguf(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    keep_quantized: bool,
+) -> Result<LoadedWeights> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content =
         Content::read(&mut reader).map_err(|e| gguf_error(path, describe_gguf_error(&e)))?;
     let mut config = config_from_gguf(&content, path)?;
     let mut tensors = HashMap::new();
+    let mut quantized = QuantizedWeights::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
         let info = &content.tensor_infos[name];
+        let weights_error = |e: candle_core::Error| Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{name}` ({:?}): {}", info.ggml_dtype, one_line(&e)),
+        };
+        let quant_type = QuantType::from_ggml(info.ggml_dtype);
+        if let (true, Some(ty), Some(hf)) = (keep_quantized, quant_type, hf_name(name)) {
+            if is_quantizable(&hf) && info.shape.rank() == 2 {
+                let (rows, cols) = info.shape.dims2().map_err(weights_error)?;
+                let read = |reader: &mut BufReader<File>| -> candle_core::Result<QuantMatrix> {
+                    let q = info.read(reader, content.tensor_data_offset, &Device::Cpu)?;
+                    let matrix = QuantMatrix::new(ty, rows, cols, q.data()?.into_owned())?;
+                    let heads = match (config.architecture, hf.as_str()) {
+                        (Architecture::Llama, n) if n.contains("self_attn.q_proj") => {
+                            Some(config.num_attention_heads)
+                        }
+                        (Architecture::Llama, n) if n.contains("self_attn.k_proj") => {
+                            Some(config.num_key_value_heads)
+                        }
+                        _ => None,
+                    };
+                    match heads {
+                        Some(heads) => matrix.permute_rows(&unpermuted_order(rows, heads)),
+                        None => Ok(matrix),
+                    }
+                };
+                let matrix = read(&mut reader).map_err(weights_error)?;
+                quantized.insert(hf, Arc::new(matrix));
+                continue;
+            }
+        }
         let read = |reader: &mut BufReader<File>| -> candle_core::Result<Tensor> {
             info.read(reader, content.tensor_data_offset, &Device::Cpu)?
                 .dequantize(&Device::Cpu)
@@ -240,6 +318,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights
     Ok(LoadedWeights {
         config,
         tensors,
+        quantized,
         source: path.to_path_buf(),
     })
 }
@@ -280,7 +359,12 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
+fn load_hf_dir(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    quantize: Option<QuantType>,
+) -> Result<LoadedWeights> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(Error::ModelPath {
@@ -290,6 +374,7 @@ fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedWeight
     }
     let config = HfConfig::read(&config_path)?.into_config(&config_path)?;
     let mut tensors = HashMap::new();
+    let mut quantized = QuantizedWeights::new();
     for file in safetensors_files(dir)? {
         let loaded =
             candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::Weights {
@@ -297,14 +382,37 @@ fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedWeight
                 reason: one_line(&e),
             })?;
         for (name, tensor) in loaded {
+            if let Some(ty) = quantize.filter(|ty| is_quantizable(&name) && fits(&tensor, *ty)) {
+                let matrix = quantize_tensor(&tensor, ty).map_err(|e| Error::Weights {
+                    path: file.clone(),
+                    reason: format!("quantizing `{name}` to {ty:?}: {}", one_line(&e)),
+                })?;
+                quantized.insert(name, Arc::new(matrix));
+                continue;
+            }
             tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
         }
     }
     Ok(LoadedWeights {
         config,
         tensors,
+        quantized,
         source: dir.to_path_buf(),
     })
+}
+
+/// Whether `tensor` is a matrix whose rows split into `ty`'s blocks (others stay dense).
+fn fits(tensor: &Tensor, ty: QuantType) -> bool {
+    tensor
+        .dims2()
+        .is_ok_and(|(_, cols)| cols.is_multiple_of(ty.block_len()))
+}
+
+/// Quantizes a full-precision `(rows, cols)` weight with candle's ggml port.
+fn quantize_tensor(tensor: &Tensor, ty: QuantType) -> candle_core::Result<QuantMatrix> {
+    let (rows, cols) = tensor.dims2()?;
+    let q = candle_core::quantized::QTensor::quantize(&tensor.to_dtype(DType::F32)?, ty.to_ggml())?;
+    QuantMatrix::new(ty, rows, cols, q.data()?.into_owned())
 }
 
 /// A short identifier of the exact base weights: SHA-256 over the configuration's shape and the

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
-use crate::linear::Linear;
+use crate::linear::{Linear, QuantizedWeights, Weight};
 use crate::lora::Lora;
 use ft_kernels::{rms_norm, rope, RopeTables};
 
@@ -113,7 +113,7 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `q/k/v/o_proj` under `vb` (`model.layers.N.self_attn`).
-    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str, q: &QuantizedWeights) -> Result<Self> {
         let (h, kv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -121,10 +121,10 @@ impl Attention {
         );
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), cfg.hidden_size, h * d, bias, path)?,
-            k_proj: Linear::load(vb.pp("k_proj"), cfg.hidden_size, kv * d, bias, path)?,
-            v_proj: Linear::load(vb.pp("v_proj"), cfg.hidden_size, kv * d, bias, path)?,
-            o_proj: Linear::load(vb.pp("o_proj"), h * d, cfg.hidden_size, false, path)?,
+            q_proj: Linear::load(vb.pp("q_proj"), cfg.hidden_size, h * d, bias, path, q)?,
+            k_proj: Linear::load(vb.pp("k_proj"), cfg.hidden_size, kv * d, bias, path, q)?,
+            v_proj: Linear::load(vb.pp("v_proj"), cfg.hidden_size, kv * d, bias, path, q)?,
+            o_proj: Linear::load(vb.pp("o_proj"), h * d, cfg.hidden_size, false, path, q)?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: d,
@@ -235,12 +235,12 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `gate/up/down_proj` under `vb` (`model.layers.N.mlp`).
-    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str, q: &QuantizedWeights) -> Result<Self> {
         let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(vb.pp("gate_proj"), hidden, inter, false, path)?,
-            up_proj: Linear::load(vb.pp("up_proj"), hidden, inter, false, path)?,
-            down_proj: Linear::load(vb.pp("down_proj"), inter, hidden, false, path)?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), hidden, inter, false, path, q)?,
+            up_proj: Linear::load(vb.pp("up_proj"), hidden, inter, false, path, q)?,
+            down_proj: Linear::load(vb.pp("down_proj"), inter, hidden, false, path, q)?,
         })
     }
 
@@ -268,14 +268,14 @@ pub struct Block {
 }
 
 impl Block {
-    /// Loads block `vb` (`model.layers.N`).
-    pub fn load(vb: VarBuilder, cfg: &Config, path: &str) -> Result<Self> {
+    /// Loads block `vb` (`model.layers.N`), taking the linears in `q` from there.
+    pub fn load(vb: VarBuilder, cfg: &Config, path: &str, q: &QuantizedWeights) -> Result<Self> {
         let hidden = cfg.hidden_size;
         Ok(Self {
             input_layernorm: vb.pp("input_layernorm").get(hidden, "weight")?,
-            self_attn: Attention::load(vb.pp("self_attn"), cfg, &format!("{path}.self_attn"))?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg, &format!("{path}.self_attn"), q)?,
             post_attention_layernorm: vb.pp("post_attention_layernorm").get(hidden, "weight")?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg, &format!("{path}.mlp"))?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, &format!("{path}.mlp"), q)?,
             rms_norm_eps: cfg.rms_norm_eps,
         })
     }
@@ -299,10 +299,10 @@ impl Block {
 /// A llama-family causal language model.
 #[derive(Debug, Clone)]
 pub struct Transformer {
-    embed_tokens: Tensor,
+    embed_tokens: Weight,
     layers: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Weight,
     rope: RopeTables,
     config: Config,
 }
@@ -310,18 +310,28 @@ pub struct Transformer {
 impl Transformer {
     /// Loads the model from HF-named weights in `vb` (`model.embed_tokens.weight`, ...).
     pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
-        let embed_tokens = vb
-            .pp("model.embed_tokens")
-            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        Self::load_quantized(vb, cfg, &QuantizedWeights::new())
+    }
+
+    /// As [`Transformer::load`], taking the weights found in `quantized` from there (kept in
+    /// their block type and multiplied by the integer kernels: inference only).
+    pub fn load_quantized(
+        vb: VarBuilder,
+        cfg: &Config,
+        quantized: &QuantizedWeights,
+    ) -> Result<Self> {
+        let shape = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = Weight::load(&vb.pp("model.embed_tokens"), shape, quantized)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let path = format!("model.layers.{i}");
-                Block::load(vb.pp(&path), cfg, &path)
+                Block::load(vb.pp(&path), cfg, &path, quantized)
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") && !cfg.tie_word_embeddings {
-            vb.pp("lm_head")
-                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
+        let untied = !cfg.tie_word_embeddings
+            && (vb.contains_tensor("lm_head.weight") || quantized.contains_key("lm_head.weight"));
+        let lm_head = if untied {
+            Weight::load(&vb.pp("lm_head"), shape, quantized)?
         } else {
             embed_tokens.clone()
         };
@@ -342,14 +352,39 @@ impl Transformer {
         &self.config
     }
 
-    /// The token embedding matrix `(vocab, hidden)`.
-    pub fn embed_tokens(&self) -> &Tensor {
-        &self.embed_tokens
+    /// Rows `ids` of the token embedding matrix: `(ids.len(), hidden)`.
+    pub fn embedding_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match &self.embed_tokens {
+            Weight::Dense(w) => w.index_select(ids, 0),
+            Weight::Quantized(q) => {
+                let hidden = q.cols();
+                let ids: Vec<u32> = ids.to_vec1()?;
+                let mut out = vec![0f32; ids.len() * hidden];
+                for (&id, row) in ids.iter().zip(out.chunks_mut(hidden)) {
+                    if id as usize >= q.rows() {
+                        candle_core::bail!(
+                            "token id {id} is outside the vocabulary of {}",
+                            q.rows()
+                        );
+                    }
+                    q.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), hidden), self.device())
+            }
+        }
+    }
+
+    /// Whether every frozen weight is dense (the exact path, which training needs).
+    pub fn is_dense(&self) -> bool {
+        let dense = |w: &Weight| matches!(w, Weight::Dense(_));
+        dense(&self.embed_tokens)
+            && dense(&self.lm_head)
+            && self.linears().iter().all(|l| l.is_dense())
     }
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        self.embed_tokens.device()
+        self.norm.device()
     }
 
     /// Every linear layer with its module path, in model order (for LoRA targeting).
@@ -379,10 +414,11 @@ impl Transformer {
                 self.rope.max_positions()
             );
         }
-        let x = self
-            .embed_tokens
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((batch, seq, self.config.hidden_size))?;
+        let x = self.embedding_rows(&tokens.flatten_all()?)?.reshape((
+            batch,
+            seq,
+            self.config.hidden_size,
+        ))?;
         let (cos, sin) = self.rope.gather(positions)?;
         Ok((x, cos, sin))
     }
@@ -447,7 +483,7 @@ impl Transformer {
 
     /// Projects hidden states `(.., hidden)` to vocabulary logits `(.., vocab)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ft_kernels::frozen_linear(hidden, &self.lm_head)
+        self.lm_head.matmul_t(hidden)
     }
 
     /// Logits `(batch, seq, vocab)` for every new token.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::generate::{generate, token_nll, GenerateParams, SamplingParams};
 use crate::lora::LoraAdapter;
-use crate::pretrained::Model;
+use crate::pretrained::{Model, ModelOptions};
 use crate::Result;
 
 /// A base model plus the tokenizer that came with it.
@@ -49,8 +49,13 @@ pub struct TextRequest {
 impl TextModel {
     /// Loads weights and tokenizer from one GGUF file or HF directory.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(path, device, &ModelOptions::default())
+    }
+
+    /// As [`TextModel::load`], with `options` (e.g. a quantized base for fast inference).
+    pub fn load_with(path: &Path, device: &Device, options: &ModelOptions) -> Result<Self> {
         // Weights first: an unsupported architecture or quantization is the more useful error.
-        let model = Model::load(path, device)?;
+        let model = Model::load_with(path, device, options)?;
         let tokenizer = Tokenizer::load(path)?;
         Ok(Self { model, tokenizer })
     }

@@ -1,0 +1,115 @@
+//! `y = x·Wᵀ` with a quantized frozen `W`: activations quantized to 8 bits per block, integer
+//! dot products, output rows split over the worker threads. Each weight row is read once per
+//! call whatever the number of activation rows (a decode step of B sequences reads every
+//! weight once).
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::QuantizedRows;
+use super::dispatch::{isa, kernel_for, Isa};
+use super::format::QuantMatrix;
+
+/// Output rows per task: small enough to balance two to sixteen threads, big enough that a
+/// task's overhead (about a microsecond) is noise next to its dot products.
+fn rows_per_task(rows: usize, batch: usize) -> usize {
+    let threads = crate::threads::num_threads().max(1);
+    let per_thread = rows.div_ceil(threads * 4);
+    // At least ~64k multiply-adds per task.
+    let min_rows = (65_536 / batch.max(1)).clamp(1, 256) / 8 + 1;
+    per_thread.max(min_rows).min(rows.max(1))
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: tasks write disjoint (row, column) cells of one buffer that outlives them all.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// `x: (batch, cols)` row-major → `(batch, rows)`, with the kernels of `isa`.
+pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+    let (rows, cols) = (w.rows(), w.cols());
+    if x.len() != batch * cols {
+        bail!(
+            "quantized matmul: {} inputs for {batch} rows of {cols}",
+            x.len()
+        );
+    }
+    if !crate::quant::Isa::available().contains(&isa) {
+        bail!("quantized matmul: {isa:?} is not supported by this CPU");
+    }
+    let ty = w.quant_type();
+    let xq = QuantizedRows::quantize(x, batch, cols, ty.block_len());
+    let kernel = kernel_for(isa, ty);
+    let mut y = vec![0f32; batch * rows];
+    let out = Output(y.as_mut_ptr());
+    let chunk = rows_per_task(rows, batch);
+    let task = |start: usize| {
+        let out = out;
+        let end = (start + chunk).min(rows);
+        for r in start..end {
+            let row = w.row(r);
+            for b in 0..batch {
+                let value = kernel(row, xq.row(b));
+                // SAFETY: r < rows and b < batch, and each (b, r) is written by one task.
+                unsafe { *out.0.add(b * rows + r) = value };
+            }
+        }
+    };
+    let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
+    if starts.len() == 1 {
+        task(0);
+    } else {
+        crate::threads::install(|| starts.into_par_iter().for_each(task));
+    }
+    Ok(y)
+}
+
+/// `x: (batch, cols)` → `(batch, rows)` with the fastest kernels this CPU has.
+pub fn matmul(w: &QuantMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+    matmul_with(isa(), w, x, batch)
+}
+
+/// `x·Wᵀ` for a tensor `x: (.., cols)` (f32, CPU). Inference only: the result has no
+/// backward (a quantized base is not trained through here).
+pub fn quantized_linear(x: &Tensor, w: &std::sync::Arc<QuantMatrix>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let Some(last) = dims.last_mut() else {
+        bail!("quantized linear: the input is a scalar");
+    };
+    if *last != w.cols() {
+        bail!(
+            "quantized linear: input has {} features, weight expects {}",
+            last,
+            w.cols()
+        );
+    }
+    *last = w.rows();
+    let rows = x.elem_count() / w.cols();
+    let x2 = x.reshape((rows, w.cols()))?.contiguous()?;
+    x2.apply_op1_no_bwd(&QuantizedLinear { weight: w.clone() })?
+        .reshape(dims)
+}
+
+struct QuantizedLinear {
+    weight: std::sync::Arc<QuantMatrix>,
+}
+
+impl CustomOp1 for QuantizedLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, _) = layout.shape().dims2()?;
+        let CpuStorage::F32(values) = x else {
+            bail!("quantized linear takes f32 activations");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("quantized linear takes contiguous activations");
+        };
+        let y = matmul(&self.weight, &values[start..end], batch)?;
+        Ok((CpuStorage::F32(y), Shape::from((batch, self.weight.rows()))))
+    }
+}

@@ -1,0 +1,182 @@
+//! The quantized kernels against their references: block unpacking against candle's ggml port
+//! (an independent implementation), every SIMD kernel against the plain reference (integer
+//! parts exact, float accumulation within `REL_TOL`), and the reference against f32 math.
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Result, Tensor};
+use ft_kernels::quant::{
+    matmul_with, reference, vec_dot, Isa, QuantMatrix, QuantType, QuantizedRows,
+};
+
+/// Relative difference allowed between SIMD and reference results, relative to Σ|w·x| (the
+/// kernels accumulate the same terms in another order).
+const REL_TOL: f32 = 1e-5;
+
+/// Deterministic pseudo-random values in [-1, 1) with a few outliers, as real weights have.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            if i % 97 == 0 {
+                v * 8.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn quantized(
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<(QuantMatrix, Vec<f32>)> {
+    let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu)?;
+    let q = QTensor::quantize(&w, ty.to_ggml())?;
+    let candle_dequant: Vec<f32> = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let matrix = QuantMatrix::new(ty, rows, cols, q.data()?.into_owned())?;
+    Ok((matrix, candle_dequant))
+}
+
+fn widths(ty: QuantType) -> &'static [usize] {
+    if ty.is_k_quant() {
+        &[256, 1536, 2304]
+    } else {
+        &[32, 576, 1536]
+    }
+}
+
+#[test]
+fn dequantization_equals_candles_ggml_port() -> Result<()> {
+    for ty in QuantType::ALL {
+        for &cols in widths(ty) {
+            let (matrix, expected) = quantized(ty, 7, cols, cols as u64)?;
+            assert_eq!(matrix.dequantize(), expected, "{ty:?} width {cols}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn reference_dot_is_the_dequantized_dot() -> Result<()> {
+    for ty in QuantType::ALL {
+        for &cols in widths(ty) {
+            let (matrix, dequant) = quantized(ty, 3, cols, 7)?;
+            let x = values(cols, 11);
+            let xq = QuantizedRows::quantize(&x, 1, cols, ty.block_len());
+            for r in 0..3 {
+                let row = &dequant[r * cols..(r + 1) * cols];
+                let exact: f32 = row.iter().zip(&x).map(|(w, x)| w * x).sum();
+                let scale: f32 = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
+                let ours = reference::vec_dot(ty, matrix.row(r), xq.row(0));
+                // Only the activations' 8-bit rounding separates the two.
+                assert!(
+                    (ours - exact).abs() <= 0.02 * scale,
+                    "{ty:?} width {cols} row {r}: {ours} vs {exact} (scale {scale})"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn simd_integer_sums_equal_the_reference() -> Result<()> {
+    // Extreme activations (±127 everywhere) make the widest integer sums.
+    for ty in QuantType::ALL {
+        let cols = widths(ty)[1];
+        let (matrix, _) = quantized(ty, 4, cols, 3)?;
+        let x: Vec<f32> = (0..cols)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let xq = QuantizedRows::quantize(&x, 1, cols, ty.block_len());
+        for isa in Isa::available() {
+            for r in 0..4 {
+                let want = reference::vec_dot(ty, matrix.row(r), xq.row(0));
+                let got = vec_dot(isa, &matrix, r, &xq, 0)?;
+                let bound = REL_TOL * want.abs().max(1.0);
+                assert!(
+                    (got - want).abs() <= bound,
+                    "{ty:?} {isa:?} row {r}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Σ|w·x|` per (batch row, weight row): the scale the float error is relative to.
+fn abs_scale(matrix: &QuantMatrix, x: &QuantizedRows, batch: usize) -> Vec<f32> {
+    let mut w = vec![0f32; matrix.cols()];
+    let mut out = vec![0f32; batch * matrix.rows()];
+    for r in 0..matrix.rows() {
+        matrix.dequantize_row(r, &mut w);
+        for b in 0..batch {
+            let row = x.row(b);
+            let mut s = 0f32;
+            for (i, wv) in w.iter().enumerate() {
+                s += (wv * row.scales[i / x.block_len] * row.qs[i] as f32).abs();
+            }
+            out[b * matrix.rows() + r] = s;
+        }
+    }
+    out
+}
+
+fn check_matmul(ty: QuantType, rows: usize, cols: usize, batch: usize) -> Result<()> {
+    let (matrix, _) = quantized(ty, rows, cols, (rows * 31 + cols) as u64)?;
+    let x = values(batch * cols, batch as u64 + 5);
+    let xq = QuantizedRows::quantize(&x, batch, cols, ty.block_len());
+    let want = matmul_with(Isa::Scalar, &matrix, &x, batch)?;
+    let scale = abs_scale(&matrix, &xq, batch);
+    for isa in Isa::available() {
+        let got = matmul_with(isa, &matrix, &x, batch)?;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let bound = REL_TOL * scale[i].max(1e-3);
+            assert!(
+                (g - w).abs() <= bound,
+                "{ty:?} {isa:?} {rows}x{cols} batch {batch} at {i}: {g} vs {w}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_matches_reference_for_model_shapes_and_batches() -> Result<()> {
+    for ty in QuantType::ALL {
+        let (narrow, wide) = if ty.is_k_quant() {
+            (1536, 2304)
+        } else {
+            (576, 1536)
+        };
+        for batch in [1, 3, 16] {
+            check_matmul(ty, narrow, wide, batch)?;
+            check_matmul(ty, wide, narrow, batch)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_matches_reference_for_a_vocabulary_sized_head() -> Result<()> {
+    // SmolLM2's tied head: 49152 rows of 576, in its GGUF's Q8_0, and Q4_0.
+    check_matmul(QuantType::Q8_0, 49152, 576, 1)?;
+    check_matmul(QuantType::Q4_0, 49152, 576, 3)
+}
+
+#[test]
+fn rejects_mismatched_shapes() -> Result<()> {
+    assert!(QuantMatrix::new(QuantType::Q4_1, 2, 48, vec![0; 60]).is_err());
+    assert!(QuantMatrix::new(QuantType::Q4_1, 2, 64, vec![0; 79]).is_err());
+    let m = QuantMatrix::new(QuantType::Q4_1, 2, 64, vec![0; 80])?;
+    assert!(matmul_with(Isa::Scalar, &m, &[0.0; 63], 1).is_err());
+    Ok(())
+}
