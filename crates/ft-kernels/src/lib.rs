@@ -19,6 +19,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod attention;
 mod frozen_linear;
 mod loss;
 mod norm;

@@ -27,7 +27,8 @@ fn build(threads: usize) -> Result<Arc<ThreadPool>> {
 }
 
 /// Sets the number of threads the kernels use (0 = the default, physical cores). Replaces the
-/// pool; work already running finishes on the old one.
+/// pool; work already running finishes on the old one. Also sets `RAYON_NUM_THREADS` for
+/// candle's own ops, so call it at start-up, before other threads read the environment.
 pub fn set_num_threads(threads: usize) -> Result<()> {
     let threads = if threads == 0 {
         default_num_threads()
@@ -35,7 +36,9 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
         threads
     };
     let pool = build(threads)?;
-    // candle's own f32 matmul sizes its split from RAYON_NUM_THREADS.
+    // candle's f32 matmul sizes its split from RAYON_NUM_THREADS, and without it reads
+    // /proc/cpuinfo on every call. Set here, before the caller starts other threads.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
     Ok(())
 }

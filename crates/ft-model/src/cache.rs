@@ -26,6 +26,14 @@ impl LayerCache {
     /// Appends new keys/values along the sequence and returns everything cached (views of the
     /// buffers).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (buf_k, buf_v) = self.append_to_buffers(k, v)?;
+        Ok((buf_k.narrow(2, 0, self.len)?, buf_v.narrow(2, 0, self.len)?))
+    }
+
+    /// Appends new keys/values and returns the whole buffers `(batch, kv_heads, capacity,
+    /// head_dim)`, of which the first [`LayerCache::len`] slots are used (for kernels that read
+    /// the cache in place).
+    pub fn append_to_buffers(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let new = k.dim(2)?;
         let needed = self.len + new;
         if needed > self.capacity() {
@@ -45,7 +53,7 @@ impl LayerCache {
         buf_k.slice_set(&k.contiguous()?, 2, self.len)?;
         buf_v.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;
-        Ok((buf_k.narrow(2, 0, needed)?, buf_v.narrow(2, 0, needed)?))
+        Ok((buf_k.clone(), buf_v.clone()))
     }
 
     /// Cached sequence length.

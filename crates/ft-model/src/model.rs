@@ -8,6 +8,7 @@ use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
 use crate::linear::{Linear, QuantizedWeights, Weight};
 use crate::lora::Lora;
+use ft_kernels::attention::decode_attention_tensors;
 use ft_kernels::{rms_norm, rope, RopeTables};
 
 /// What one forward pass reads: the new tokens of each row, their positions, and which keys
@@ -158,12 +159,42 @@ impl Attention {
         let k = rope(&heads(&self.k_proj, kvh)?, cos, sin)?;
         let v = heads(&self.v_proj, kvh)?;
         let out = match kv {
-            KvSource::Batch { bias, cache } => {
+            KvSource::Batch {
+                bias: None,
+                key_mask,
+                cache: Some(cache),
+            } if t == 1 => {
+                // Decoding: the fused single-query kernel reads the cache in place.
+                let (k_buf, v_buf) = cache.append_to_buffers(&k, &v)?;
+                let len = cache.len();
+                let rows = (0..b)
+                    .map(|row| {
+                        let mask = key_mask.get(row).map(Vec::as_slice);
+                        decode_attention_tensors(
+                            &q.narrow(0, row, 1)?,
+                            &k_buf,
+                            &v_buf,
+                            row,
+                            len,
+                            mask,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+            KvSource::Batch {
+                bias: Some(bias),
+                cache,
+                ..
+            } => {
                 let (k, v) = match cache {
                     Some(cache) => cache.append(&k, &v)?,
                     None => (k, v),
                 }; // (b, kvh, total, d)
                 self.attend(&q, &k, &v, Some(bias))?
+            }
+            KvSource::Batch { bias: None, .. } => {
+                candle_core::bail!("attention without a bias needs one new token and a cache")
             }
             KvSource::PerRow(caches) => {
                 if caches.len() != b || t != 1 {
@@ -173,12 +204,20 @@ impl Attention {
                         caches.len()
                     );
                 }
+                let fused = fused_decode(&q);
                 let rows = caches
                     .into_iter()
                     .enumerate()
                     .map(|(row, cache)| {
-                        let (k, v) = cache.append(&k.narrow(0, row, 1)?, &v.narrow(0, row, 1)?)?;
-                        self.attend(&q.narrow(0, row, 1)?, &k, &v, None)
+                        let (k_row, v_row) = (k.narrow(0, row, 1)?, v.narrow(0, row, 1)?);
+                        let q_row = q.narrow(0, row, 1)?;
+                        if fused {
+                            let (k_buf, v_buf) = cache.append_to_buffers(&k_row, &v_row)?;
+                            decode_attention_tensors(&q_row, &k_buf, &v_buf, 0, cache.len(), None)
+                        } else {
+                            let (k, v) = cache.append(&k_row, &v_row)?;
+                            self.attend(&q_row, &k, &v, None)
+                        }
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&rows, 0)?
@@ -209,14 +248,23 @@ impl Attention {
     }
 }
 
+/// Whether a single-query step can take the fused decode-attention kernel: CPU, f32, and no
+/// gradient to keep (the kernel has no backward).
+fn fused_decode(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32 && !q.track_op()
+}
+
 /// Where attention reads the keys and values of earlier tokens from.
 #[derive(Debug)]
 pub enum KvSource<'c> {
     /// Rows share one cache (or none, in training) and are padded and masked by `bias`
-    /// `(batch, 1, 1, seq, past + seq)`.
+    /// `(batch, 1, 1, seq, past + seq)`. With no `bias` (a decode step on the fused path),
+    /// `key_mask` says which keys each row sees.
     Batch {
         /// The additive mask.
-        bias: &'c Tensor,
+        bias: Option<&'c Tensor>,
+        /// `(batch, past + seq)` 0/1: which keys are real.
+        key_mask: &'c [Vec<u8>],
         /// The block's cache, when decoding.
         cache: Option<&'c mut LayerCache>,
     },
@@ -434,16 +482,25 @@ impl Transformer {
         let lora = lora.into();
         let seq = inputs.tokens.dim(1)?;
         let (mut x, cos, sin) = self.embed(&inputs.tokens, &inputs.positions)?;
-        let bias = attention_bias(
-            &inputs.key_mask,
-            inputs.segments.as_deref(),
-            seq,
-            x.dtype(),
-            x.device(),
-        )?;
+        // A decode step with a cache reads the key mask directly: no bias tensor per step.
+        let bias = if seq == 1 && cache.is_some() && inputs.segments.is_none() && fused_decode(&x) {
+            None
+        } else {
+            Some(attention_bias(
+                &inputs.key_mask,
+                inputs.segments.as_deref(),
+                seq,
+                x.dtype(),
+                x.device(),
+            )?)
+        };
         for (i, block) in self.layers.iter().enumerate() {
             let cache = cache.as_deref_mut().map(|c| c.layer(i));
-            let kv = KvSource::Batch { bias: &bias, cache };
+            let kv = KvSource::Batch {
+                bias: bias.as_ref(),
+                key_mask: &inputs.key_mask,
+                cache,
+            };
             x = block.forward(&x, &cos, &sin, kv, lora)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)

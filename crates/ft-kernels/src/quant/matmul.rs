@@ -27,6 +27,14 @@ struct Output(*mut f32);
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
 
+impl Output {
+    /// # Safety
+    /// `at` is inside the buffer, and no other task writes it.
+    unsafe fn write(&self, at: usize, value: f32) {
+        *self.0.add(at) = value;
+    }
+}
+
 /// `x: (batch, cols)` row-major → `(batch, rows)`, with the kernels of `isa`.
 pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
     let (rows, cols) = (w.rows(), w.cols());
@@ -46,14 +54,13 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
     let out = Output(y.as_mut_ptr());
     let chunk = rows_per_task(rows, batch);
     let task = |start: usize| {
-        let out = out;
         let end = (start + chunk).min(rows);
         for r in start..end {
             let row = w.row(r);
             for b in 0..batch {
                 let value = kernel(row, xq.row(b));
                 // SAFETY: r < rows and b < batch, and each (b, r) is written by one task.
-                unsafe { *out.0.add(b * rows + r) = value };
+                unsafe { out.write(b * rows + r, value) };
             }
         }
     };

@@ -164,27 +164,28 @@ pub fn dequantize_row(ty: QuantType, row: &[u8], out: &mut [f32]) {
 }
 
 /// The integer part of one block's dot product, as the SIMD kernels must reproduce it exactly:
-/// for a 32-block `Σ q·qx`; for a 256-block `(Σ_s scale[s]·Σ q·qx, Σ_s min[s]·Σ qx)`.
-pub fn block_integer_dot(ty: QuantType, block: &[u8], qx: &[i8]) -> (i32, i32) {
+/// for a 32-block `Σ q·qx`; for a 256-block `(Σ_s scale[s]·Σ q·qx, Σ_s min[s]·Σ qx)` (in i64:
+/// 16-bit activations times 6-bit scales exceed i32 over a whole block).
+pub fn block_integer_dot(ty: QuantType, block: &[u8], qx: &[i16]) -> (i64, i64) {
     if ty.is_k_quant() {
         let u = unpack256(ty, block);
-        let (mut scaled, mut mins) = (0i32, 0i32);
+        let (mut scaled, mut mins) = (0i64, 0i64);
         for s in 0..16 {
             let range = 16 * s..16 * (s + 1);
-            let dot: i32 = u.q[range.clone()]
+            let dot: i64 = u.q[range.clone()]
                 .iter()
                 .zip(&qx[range.clone()])
-                .map(|(&q, &x)| q * x as i32)
+                .map(|(&q, &x)| (q * x as i32) as i64)
                 .sum();
-            let sum_x: i32 = qx[range].iter().map(|&x| x as i32).sum();
-            scaled += u.scales[s] * dot;
-            mins += u.mins[s] * sum_x;
+            let sum_x: i64 = qx[range].iter().map(|&x| x as i64).sum();
+            scaled += u.scales[s] as i64 * dot;
+            mins += u.mins[s] as i64 * sum_x;
         }
         (scaled, mins)
     } else {
         let u = unpack32(ty, block);
-        let dot = u.q.iter().zip(qx).map(|(&q, &x)| q * x as i32).sum();
-        (dot, 0)
+        let dot: i32 = u.q.iter().zip(qx).map(|(&q, &x)| q * x as i32).sum();
+        (dot as i64, 0)
     }
 }
 
