@@ -65,6 +65,8 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    precision: super::common::PrecisionArgs,
 }
 
 /// Runs `ft eval`; `Ok(false)` when the gate fails.
@@ -76,7 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
     }
     let path = ft::hub::resolve_model(args.model.as_deref())?;
     let device = ft::core::device::select(args.device.parse()?)?;
-    let model = TextModel::load(&path, &device)?;
+    let model = TextModel::load_with(
+        &path,
+        &device,
+        &args.precision.options(ft::model::Precision::Quantized),
+    )?;
     let mut candidates = Vec::new();
     if args.base {
         candidates.push(Candidate {

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use ft::model::generate::SamplingParams;
 use ft::model::text::TextRequest;
+use ft::model::Precision;
 
 use super::common::ModelArgs;
 
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.temperature < 0.0 {
         anyhow::bail!("--temperature must be >= 0, got {}", args.temperature);
     }
-    let (model, adapter) = args.model.load()?;
+    let (model, adapter) = args.model.load(Precision::Quantized)?;
     let request = TextRequest {
         prompt: args.prompt,
         raw: args.raw,

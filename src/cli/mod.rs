@@ -14,6 +14,9 @@ mod train;
 #[derive(Debug, Parser)]
 #[command(name = "ft", version, about)]
 pub struct Cli {
+    /// Worker threads for every kernel (0 = one per physical core).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +44,7 @@ pub struct GateFailed;
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    ft::kernels::threads::set_num_threads(cli.threads)?;
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),

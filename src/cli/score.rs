@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use ft::model::Precision;
+
 use super::common::ModelArgs;
 
 /// Arguments of `ft score`.
@@ -19,7 +21,7 @@ pub struct Args {
 
 /// Runs `ft score`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (model, adapter) = args.model.load()?;
+    let (model, adapter) = args.model.load(Precision::F32)?;
     let score = model.score(&args.text, adapter.as_ref())?;
     let mut stdout = std::io::stdout().lock();
     if args.json {

@@ -47,13 +47,19 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    precision: super::common::PrecisionArgs,
 }
 
 /// Runs `ft serve` until Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = ft::hub::resolve_model(args.model.as_deref())?;
     let device = ft::core::device::select(args.device.parse()?)?;
-    let model = Arc::new(TextModel::load(&path, &device)?);
+    let model = Arc::new(TextModel::load_with(
+        &path,
+        &device,
+        &args.precision.options(ft::model::Precision::Quantized),
+    )?);
     let registry = Arc::new(Registry::new(
         model.clone(),
         args.adapters_dir.clone(),

@@ -97,4 +97,27 @@ impl Cache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Splits the cache of a right-padded batch into one cache per row, row `i` keeping its
+    /// first `lens[i]` slots (a batched prefill hands each sequence its own cache).
+    pub fn split_rows(&self, lens: &[usize]) -> Result<Vec<Cache>> {
+        let mut out: Vec<Cache> = lens.iter().map(|_| Cache::new(self.layers.len())).collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let Some((k, v)) = &layer.buffers else {
+                continue;
+            };
+            if k.dim(0)? != lens.len() || lens.iter().any(|&n| n > layer.len) {
+                candle_core::bail!(
+                    "split_rows: a cache of {} rows and {} slots cannot give rows of {lens:?}",
+                    k.dim(0)?,
+                    layer.len
+                );
+            }
+            for (row, (&n, cache)) in lens.iter().zip(out.iter_mut()).enumerate() {
+                let take = |t: &Tensor| t.narrow(0, row, 1)?.narrow(2, 0, n);
+                cache.layers[l].append(&take(k)?, &take(v)?)?;
+            }
+        }
+        Ok(out)
+    }
 }

@@ -252,18 +252,25 @@ impl Scheduler {
                 let n = free.min(queue.len());
                 queue.drain(..n).collect::<Vec<_>>()
             };
-            for request in admitted {
-                if request.events.is_closed() {
-                    continue;
-                }
-                let (index, events) = (request.index, request.events.clone());
-                match self.prefill(request) {
-                    Ok(Some(sequence)) => self.running.push(sequence),
-                    Ok(None) => {}
+            let admitted: Vec<SequenceRequest> = admitted
+                .into_iter()
+                .filter(|r| !r.events.is_closed())
+                .collect();
+            // All prompts admitted in this step are prefilled together (in groups of similar
+            // length), so the first token does not wait behind every other prompt in turn.
+            for group in prefill_groups(admitted) {
+                let failed: Vec<_> = group.iter().map(|r| (r.index, r.events.clone())).collect();
+                match ft_kernels::threads::install(|| self.prefill(group)) {
+                    Ok(sequences) => self.running.extend(sequences),
                     Err(e) => {
                         let message = ft_core::error::one_line(&e);
                         tracing::error!(%message, "prefill failed");
-                        let _ = events.send(Event::Failed { index, message });
+                        for (index, events) in failed {
+                            let _ = events.send(Event::Failed {
+                                index,
+                                message: message.clone(),
+                            });
+                        }
                     }
                 }
             }
@@ -273,7 +280,7 @@ impl Scheduler {
             if self.running.is_empty() {
                 continue;
             }
-            if let Err(e) = self.step() {
+            if let Err(e) = ft_kernels::threads::install(|| self.step()) {
                 let message = ft_core::error::one_line(&e);
                 tracing::error!(%message, "decode step failed; ending its sequences");
                 for sequence in self.running.drain(..) {
@@ -290,32 +297,68 @@ impl Scheduler {
         }
     }
 
-    /// Runs the prompt into a fresh cache and samples the first token. `None` when the
-    /// sequence already finished (or its client left).
-    fn prefill(&self, request: SequenceRequest) -> candle_core::Result<Option<Sequence>> {
+    /// Runs a group of prompts together (right-padded, each row under its own adapter), hands
+    /// each its own cache and samples its first token. Sequences that already finished (or
+    /// whose client left) are not returned.
+    fn prefill(&self, requests: Vec<SequenceRequest>) -> candle_core::Result<Vec<Sequence>> {
         let model = &self.shared.model.model.transformer;
-        let n = request.prompt_ids.len();
-        let tokens = Tensor::new(request.prompt_ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let inputs = Inputs::from_attention_mask(&tokens, &[vec![1u8; n]])?;
+        let lens: Vec<usize> = requests.iter().map(|r| r.prompt_ids.len()).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        if longest == 0 {
+            candle_core::bail!("prefill: an empty prompt");
+        }
+        let rows = requests.len();
+        let mut tokens = Vec::with_capacity(rows * longest);
+        let mut key_mask = Vec::with_capacity(rows);
+        for request in &requests {
+            let pad = longest - request.prompt_ids.len();
+            tokens.extend(
+                request
+                    .prompt_ids
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+            key_mask.push((0..longest).map(|i| u8::from(i < longest - pad)).collect());
+        }
+        let tokens = Tensor::from_vec(tokens, (rows, longest), model.device())?;
+        let inputs = Inputs::from_attention_mask(&tokens, &key_mask)?;
+        let per_row: Vec<Option<Arc<LoraAdapter>>> = requests
+            .iter()
+            .map(|r| r.adapter.as_ref().map(|a| a.adapter.clone()))
+            .collect();
+        let adapters = RowAdapters::for_rows(&per_row, model.device())?;
+        let lora = adapters.as_ref().map_or(Lora::None, Lora::Rows);
         let mut cache = model.new_cache();
-        let lora: Option<&LoraAdapter> = request.adapter.as_ref().map(|a| a.adapter.as_ref());
-        let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?;
-        let logits = model
-            .logits(&hidden.narrow(1, n - 1, 1)?)?
-            .flatten_all()?
+        let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?; // (rows, longest, hidden)
+        let last: Vec<Tensor> = lens
+            .iter()
+            .enumerate()
+            .map(|(row, &n)| hidden.narrow(0, row, 1)?.narrow(1, n - 1, 1))
+            .collect::<candle_core::Result<_>>()?;
+        let logits: Vec<Vec<f32>> = model
+            .logits(&Tensor::cat(&last, 0)?.squeeze(1)?)?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        let mut sequence = Sequence {
-            sampler: LogitsProcessor::new(request.sampling.clone()),
-            request,
-            cache,
-            generated: Vec::new(),
-            next_token: 0,
-            position: n as u32,
-            emitted: String::new(),
-        };
-        let token = sequence.sampler.sample(&logits);
-        Ok(self.advance(&mut sequence, token).then_some(sequence))
+            .to_vec2()?;
+        let caches = cache.split_rows(&lens)?;
+        let mut started = Vec::with_capacity(rows);
+        for ((request, cache), row_logits) in requests.into_iter().zip(caches).zip(logits) {
+            let position = request.prompt_ids.len() as u32;
+            let mut sequence = Sequence {
+                sampler: LogitsProcessor::new(request.sampling.clone()),
+                request,
+                cache,
+                generated: Vec::new(),
+                next_token: 0,
+                position,
+                emitted: String::new(),
+            };
+            let token = sequence.sampler.sample(&row_logits);
+            if self.advance(&mut sequence, token) {
+                started.push(sequence);
+            }
+        }
+        Ok(started)
     }
 
     /// One decoding step for every running sequence; drops the ones that finish.
@@ -406,6 +449,29 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Most prompt tokens (padding included) in one prefill forward: bounds its memory and keeps a
+/// decode step from waiting behind a huge batch.
+const PREFILL_TOKEN_BUDGET: usize = 4096;
+
+/// Splits admitted requests into prefill groups: sorted by prompt length, so padding stays
+/// small, and each group within [`PREFILL_TOKEN_BUDGET`] padded tokens (a prompt longer than
+/// that goes alone).
+fn prefill_groups(mut requests: Vec<SequenceRequest>) -> Vec<Vec<SequenceRequest>> {
+    requests.sort_by_key(|r| r.prompt_ids.len());
+    let mut groups: Vec<Vec<SequenceRequest>> = Vec::new();
+    for request in requests {
+        // Sorted: this prompt is the longest of the group it joins.
+        let fits = groups
+            .last()
+            .is_some_and(|g| (g.len() + 1) * request.prompt_ids.len() <= PREFILL_TOKEN_BUDGET);
+        match groups.last_mut() {
+            Some(group) if fits => group.push(request),
+            _ => groups.push(vec![request]),
+        }
+    }
+    groups
 }
 
 /// Sends the part of `text` after what was already emitted.
