@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use ft_model::generate::{LogitsProcessor, SamplingParams};
@@ -43,6 +44,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length.
     Length,
+    /// The request's time ran out (`--max-request-seconds`); reported as `length`, as OpenAI
+    /// does for a response cut short, and counted apart in the metrics.
+    Timeout,
 }
 
 impl FinishReason {
@@ -50,7 +54,7 @@ impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stop => "stop",
-            Self::Length => "length",
+            Self::Length | Self::Timeout => "length",
         }
     }
 }
@@ -100,6 +104,14 @@ pub struct SequenceRequest {
     pub index: usize,
     /// Where events go; dropping the receiver cancels the sequence.
     pub events: UnboundedSender<Event>,
+    /// When the sequence must end (waiting included), finishing with [`FinishReason::Timeout`].
+    pub deadline: Option<Instant>,
+}
+
+impl SequenceRequest {
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 struct Shared {
@@ -256,6 +268,15 @@ impl Scheduler {
                 if request.events.is_closed() {
                     continue;
                 }
+                if request.timed_out() {
+                    // Its time ran out while it waited: free the slot without a prefill.
+                    let _ = request.events.send(Event::Done {
+                        index: request.index,
+                        finish: FinishReason::Timeout,
+                        completion_tokens: 0,
+                    });
+                    continue;
+                }
                 let (index, events) = (request.index, request.events.clone());
                 match self.prefill(request) {
                     Ok(Some(sequence)) => self.running.push(sequence),
@@ -384,6 +405,8 @@ impl Scheduler {
             || sequence.position as usize + 1 >= context
         {
             Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Length))
+        } else if sequence.request.timed_out() {
+            Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Timeout))
         } else {
             None
         };
