@@ -132,7 +132,17 @@ pub fn spans_by_markers(
     let Some(last_content) = contents.last().cloned() else {
         return Ok(None);
     };
-    let (before, through) = prefix_lengths(template, messages, last, full)?;
+    let (before, through) = if last + 1 == messages.len() {
+        // The usual case: the prefix through the last turn is the whole conversation, already
+        // rendered (one render of the whole line saved).
+        let before = template.render(&messages[..last], true)?;
+        if !full.starts_with(&before) {
+            return Ok(None);
+        }
+        (before.len(), full.len())
+    } else {
+        prefix_lengths(template, messages, last, full)?
+    };
     if before > last_content.start || through < last_content.end {
         return Ok(None);
     }
@@ -249,7 +259,7 @@ mod tests {
         let (full, spans) = assistant_spans(&template, &messages, &trained)?;
         assert_eq!(spans.len(), 10_000);
         assert_eq!(&full[spans[9_999].clone()], "answer 9999<|im_end|>");
-        // Full, marked, two for the last turn, two for the first: never one per turn.
+        // Full, marked, one for the last turn, two for the first: never one per turn.
         assert!(template.render_count() <= 8, "{}", template.render_count());
         Ok(())
     }
