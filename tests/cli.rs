@@ -339,6 +339,66 @@ fn data_validate_reports_bad_lines_and_exits_1() -> Result<()> {
 }
 
 #[test]
+fn data_validate_reaches_every_error_with_max_errors_and_report() -> Result<()> {
+    if smollm2().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.jsonl");
+    let mut text = String::from("{\"text\": \"fine\"}\n");
+    for i in 0..150 {
+        text.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"bot{i}\", \"content\": \"x\"}}]}}\n"
+        ));
+    }
+    std::fs::write(&bad, text)?;
+    let bad_arg = bad.to_str().context("utf8")?;
+
+    // The terminal keeps its default cap of 100.
+    let out = ft(&["data", "validate", bad_arg])?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(stdout.contains("... and 50 more errors"), "{stdout}");
+
+    // --max-errors 0 prints all of them.
+    let out = ft(&["data", "validate", bad_arg, "--max-errors", "0"])?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout.contains("bad.jsonl:151: messages[0].role is \"bot149\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("more errors"), "{stdout}");
+
+    // --report lists every bad line with its field, even when the terminal shows 3.
+    let report = dir.path().join("report.json");
+    let out = ft(&[
+        "data",
+        "validate",
+        bad_arg,
+        "--max-errors",
+        "3",
+        "--report",
+        report.to_str().context("utf8")?,
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stdout)?.contains("... and 147 more errors"));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let errors = json["errors"].as_array().context("errors")?;
+    assert_eq!(errors.len(), 150);
+    assert_eq!(errors[149]["line"], 151);
+    assert_eq!(errors[149]["field"], "messages[0].role");
+    assert!(errors[149]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("use system, user or assistant")));
+    assert_eq!(json["summary"]["invalid_lines"], 150);
+    assert_eq!(json["summary"]["valid_examples"], 1);
+    assert!(
+        !dir.path().join("report.tmp").exists(),
+        "written atomically"
+    );
+    Ok(())
+}
+
+#[test]
 fn data_prepare_writes_split_and_report() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out_dir = dir.path().join("prepared");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ft::data::dataset::{read_dataset, ReadOptions};
 use ft::data::prepare::{prepare, PrepareOptions};
 use ft::data::{ExampleTokenizer, Format, Tokenizer};
+use ft::model::adapter_io::write_atomically;
 
 /// Arguments of `ft data`.
 #[derive(Debug, clap::Args)]
@@ -38,6 +39,12 @@ struct ValidateArgs {
     /// Put prompt tokens of prompt/completion examples in the loss too.
     #[arg(long)]
     train_on_prompt: bool,
+    /// Most line errors to print (0 = all).
+    #[arg(long, default_value_t = 100)]
+    max_errors: usize,
+    /// Also write every bad line (line, field, reason) and the summary to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,15 +82,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     let model = ft::hub::resolve_model(args.model.as_deref())?;
     let tokenizer = Tokenizer::load(&model)?;
+    let shown = match args.max_errors {
+        0 => usize::MAX,
+        n => n,
+    };
     let options = ReadOptions {
         format: args.format,
         max_seq_len: args.max_seq_len,
         train_on_prompt: args.train_on_prompt,
-        ..ReadOptions::default()
+        // The report file lists every bad line, whatever the terminal shows.
+        max_errors: if args.report.is_some() {
+            usize::MAX
+        } else {
+            shown
+        },
     };
     let examples = ExampleTokenizer::new(&tokenizer, args.train_on_prompt);
     let (_, report) = read_dataset(&args.file, &examples, &options)?;
-    writeln!(std::io::stdout().lock(), "{report}")?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report.to_json())?;
+        write_atomically(path, format!("{json}\n").as_bytes())?;
+    }
+    writeln!(std::io::stdout().lock(), "{}", report.display(shown))?;
     if report.has_errors() {
         anyhow::bail!(
             "{}: {} invalid lines of {}",

@@ -44,6 +44,10 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Longest a request may run, waiting included; then its choices end with
+    /// finish_reason "length" (0 = no limit).
+    #[arg(long, default_value_t = 600.0)]
+    max_request_seconds: f64,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -53,6 +57,12 @@ pub struct Args {
 
 /// Runs `ft serve` until Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.max_request_seconds >= 0.0 && args.max_request_seconds.is_finite()) {
+        anyhow::bail!(
+            "--max-request-seconds must be 0 (no limit) or a positive number of seconds, got {}",
+            args.max_request_seconds
+        );
+    }
     let path = ft::hub::resolve_model(args.model.as_deref())?;
     let device = ft::core::device::select(args.device.parse()?)?;
     let model = Arc::new(TextModel::load_with(
@@ -87,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             api_key: args.api_key.clone(),
             max_body_bytes: args.max_body_bytes,
             max_tokens_limit: args.max_tokens_limit.max(1),
+            max_request_seconds: args.max_request_seconds,
         },
     );
     let runtime = tokio::runtime::Runtime::new()?;

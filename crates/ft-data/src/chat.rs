@@ -2,6 +2,8 @@
 //! transformers' jinja2 environment (`trim_blocks`, `lstrip_blocks`, Python string methods,
 //! `raise_exception`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use minijinja::{context, Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Renders so far: tests check that mask computation stays linear without timing it.
+    renders: AtomicUsize,
 }
 
 impl ChatTemplate {
@@ -53,12 +57,14 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            renders: AtomicUsize::new(0),
         })
     }
 
     /// Renders `messages`; with `add_generation_prompt`, ends with the header of an assistant
     /// turn so the model continues as the assistant.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.renders.fetch_add(1, Ordering::Relaxed);
         let template = self
             .env
             .get_template("chat")
@@ -71,6 +77,14 @@ impl ChatTemplate {
                 eos_token => self.eos_token,
             })
             .map_err(|e| Error::Template(format!("failed to render: {e}")))
+    }
+}
+
+impl ChatTemplate {
+    /// How many times [`ChatTemplate::render`] has run on this template (a cost measure that
+    /// does not depend on the machine).
+    pub fn render_count(&self) -> usize {
+        self.renders.load(Ordering::Relaxed)
     }
 }
 

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
 
 use crate::format::{parse_line, Example, Format};
 use crate::tokenize::{ExampleTokenizer, TokenizedExample};
@@ -21,7 +23,7 @@ pub struct ReadOptions {
     pub max_seq_len: usize,
     /// Label prompt tokens of prompt/completion examples too.
     pub train_on_prompt: bool,
-    /// How many line errors to keep for the report (all are counted).
+    /// How many line errors to keep for the report (all are counted); `usize::MAX` keeps all.
     pub max_errors: usize,
 }
 
@@ -37,12 +39,53 @@ impl Default for ReadOptions {
 }
 
 /// A problem with one line of a dataset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LineError {
     /// 1-based line number.
     pub line: usize,
+    /// The field at fault (`messages[2].role`), or `None` when it is the line as a whole
+    /// (invalid JSON, too many tokens).
+    pub field: Option<String>,
     /// What is wrong, naming the field.
+    #[serde(rename = "reason")]
     pub message: String,
+}
+
+impl LineError {
+    /// An error on `line`; the field is read off the front of `message`, where the format
+    /// checks always name it (`messages[0].role is ...`, `messages[1]: missing field `role``,
+    /// `missing field `text``).
+    pub fn new(line: usize, message: String) -> Self {
+        Self {
+            line,
+            field: field_of(&message),
+            message,
+        }
+    }
+}
+
+/// The top-level fields a line may have; a message starting with one of them names it.
+const FIELDS: [&str; 4] = ["messages", "prompt", "completion", "text"];
+
+fn field_of(message: &str) -> Option<String> {
+    let path_len = message
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '[' | ']' | '.')))
+        .unwrap_or(message.len());
+    let path = &message[..path_len];
+    let root = path.split(['[', '.']).next().unwrap_or("");
+    let quoted = |rest: &str| {
+        rest.strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(name, _)| name.to_string())
+    };
+    if FIELDS.contains(&root) {
+        match message[path_len..].strip_prefix(": ").and_then(quoted) {
+            Some(name) => Some(format!("{path}.{name}")),
+            None => Some(path.to_string()),
+        }
+    } else {
+        quoted(message)
+    }
 }
 
 /// What reading a dataset found.
@@ -86,33 +129,76 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The report as text, showing at most `max_errors` line errors (then "... and N more").
+    pub fn display(&self, max_errors: usize) -> Shown<'_> {
+        Shown {
+            report: self,
+            max_errors,
+        }
+    }
+
+    /// Every kept error and the summary as JSON (`ft data validate --report`).
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "file": self.path.display().to_string(),
+            "summary": {
+                "lines": self.lines,
+                "valid_examples": self.examples,
+                "invalid_lines": self.invalid_lines,
+                "errors": self.error_count,
+                "errors_listed": self.errors.len(),
+                "tokens": self.tokens,
+                "label_tokens": self.label_tokens,
+                "length_p50": self.length_percentile(50.0),
+                "length_p90": self.length_percentile(90.0),
+                "length_p99": self.length_percentile(99.0),
+                "length_max": self.lengths.iter().max().copied().unwrap_or(0),
+            },
+            "errors": self.errors,
+        })
+    }
+}
+
+/// A [`Report`] shown with a cap on the listed errors; see [`Report::display`].
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a> {
+    report: &'a Report,
+    max_errors: usize,
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self.path.display();
-        for error in &self.errors {
+        self.display(usize::MAX).fmt(f)
+    }
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let report = self.report;
+        let name = report.path.display();
+        let shown = report.errors.len().min(self.max_errors);
+        for error in &report.errors[..shown] {
             writeln!(f, "{name}:{}: {}", error.line, error.message)?;
         }
-        if self.error_count > self.errors.len() {
-            writeln!(
-                f,
-                "... and {} more errors",
-                self.error_count - self.errors.len()
-            )?;
+        if report.error_count > shown {
+            writeln!(f, "... and {} more errors", report.error_count - shown)?;
         }
+        let this = report;
         writeln!(
             f,
             "{name}: {} lines, {} valid examples, {} invalid lines",
-            self.lines, self.examples, self.invalid_lines
+            this.lines, this.examples, this.invalid_lines
         )?;
         write!(
             f,
             "tokens {} (labels {}), length p50 {} p90 {} p99 {} max {}",
-            self.tokens,
-            self.label_tokens,
-            self.length_percentile(50.0),
-            self.length_percentile(90.0),
-            self.length_percentile(99.0),
-            self.lengths.iter().max().copied().unwrap_or(0)
+            this.tokens,
+            this.label_tokens,
+            this.length_percentile(50.0),
+            this.length_percentile(90.0),
+            this.length_percentile(99.0),
+            this.lengths.iter().max().copied().unwrap_or(0)
         )
     }
 }
@@ -185,7 +271,7 @@ fn process_chunk(
                 for message in messages {
                     report.error_count += 1;
                     if report.errors.len() < options.max_errors {
-                        report.errors.push(LineError { line, message });
+                        report.errors.push(LineError::new(line, message));
                     }
                 }
             }
@@ -216,4 +302,32 @@ fn tokenize_line(
         return Err(vec!["example has no label tokens".to_string()]);
     }
     Ok(tokenized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_is_read_off_the_message() {
+        let field = |m: &str| LineError::new(1, m.to_string()).field;
+        assert_eq!(
+            field("messages[0].role is \"bot\"; use system, user or assistant").as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            field("messages[3]: missing field `content`").as_deref(),
+            Some("messages[3].content")
+        );
+        assert_eq!(
+            field("missing field `completion`").as_deref(),
+            Some("completion")
+        );
+        assert_eq!(
+            field("text must be a string, got a number").as_deref(),
+            Some("text")
+        );
+        assert_eq!(field("invalid JSON: EOF while parsing"), None);
+        assert_eq!(field("example has 90 tokens, max_seq_len is 64"), None);
+    }
 }

@@ -18,6 +18,7 @@ pub mod chat;
 pub mod dataset;
 pub mod error;
 pub mod format;
+pub mod mask;
 pub mod prepare;
 pub mod tokenize;
 pub mod tokenizer;

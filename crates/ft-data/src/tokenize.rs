@@ -2,15 +2,16 @@
 //!
 //! Chat masks are template-agnostic: the span of assistant turn `i` is the text between the
 //! rendering of `messages[..i]` with a generation prompt and the rendering of `messages[..=i]`,
-//! both prefixes of the full rendering, with surrounding whitespace trimmed. So the labels are
-//! the turn's content and its end-of-turn marker, for any template, without `{% generation %}`
-//! tags. Character spans become token labels through the tokenizer's offsets: a token is a
-//! label when it overlaps a span.
+//! both prefixes of the full rendering, with surrounding whitespace trimmed (computed in linear
+//! time by [`crate::mask`]). So the labels are the turn's content and its end-of-turn marker,
+//! for any template, without `{% generation %}` tags. Character spans become token labels
+//! through the tokenizer's offsets: a token is a label when it overlaps a span.
 
 use std::ops::Range;
 
 use crate::chat::{ChatTemplate, Message};
 use crate::format::Example;
+pub use crate::mask::assistant_spans;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -112,10 +113,13 @@ impl<'a> ExampleTokenizer<'a> {
         let (mut input_ids, offsets) = self
             .tokenizer
             .encode_with_offsets(text, add_special_tokens)?;
+        // Spans are sorted and disjoint: a binary search per token keeps this O(n log spans)
+        // (checking every span for every token was quadratic on long conversations).
         let mut labels: Vec<bool> = offsets
             .iter()
             .map(|&(start, end)| {
-                end > start && spans.iter().any(|s| start < s.end && end > s.start)
+                let next = spans.partition_point(|s| s.end <= start);
+                end > start && spans.get(next).is_some_and(|s| s.start < end)
             })
             .collect();
         if append_eos {
@@ -126,31 +130,4 @@ impl<'a> ExampleTokenizer<'a> {
         }
         Ok(TokenizedExample { input_ids, labels })
     }
-}
-
-/// Renders `messages` and finds the byte span of each assistant turn in `trained`.
-pub fn assistant_spans(
-    template: &ChatTemplate,
-    messages: &[Message],
-    trained: &[usize],
-) -> Result<(String, Vec<Range<usize>>)> {
-    let full = template.render(messages, false)?;
-    let mut spans = Vec::with_capacity(trained.len());
-    for &i in trained {
-        let before = template.render(&messages[..i], true)?;
-        let through = template.render(&messages[..=i], false)?;
-        if !full.starts_with(&before) || !full.starts_with(&through) || through.len() < before.len()
-        {
-            return Err(Error::Template(format!(
-                "cannot locate assistant message {i}: the template does not render a conversation as a prefix of its continuation (does it rewrite earlier turns?)"
-            )));
-        }
-        let segment = &full[before.len()..through.len()];
-        let start = before.len() + (segment.len() - segment.trim_start().len());
-        let end = before.len() + segment.trim_end().len();
-        if start < end {
-            spans.push(start..end);
-        }
-    }
-    Ok((full, spans))
 }

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use ft_data::format::parse_line;
+use ft_data::format::{parse_line, Example};
+use ft_data::mask;
 use ft_data::{ChatTemplate, ExampleTokenizer, Tokenizer};
 use serde::Deserialize;
 
@@ -39,6 +40,16 @@ struct PrefixCheck {
     is_prefix: bool,
 }
 
+/// The messages of a chat example and the indices of its trained turns.
+fn turns(example: &Example) -> (Vec<ft_data::Message>, Vec<usize>) {
+    let Example::Chat(messages) = example else {
+        return (Vec::new(), Vec::new());
+    };
+    let all = messages.iter().map(|m| m.message.clone()).collect();
+    let trained = (0..messages.len()).filter(|&i| messages[i].train).collect();
+    (all, trained)
+}
+
 #[test]
 fn labels_are_exactly_the_assistant_tokens_for_five_template_families() -> Result<()> {
     let Some(model) = smollm2() else {
@@ -47,6 +58,7 @@ fn labels_are_exactly_the_assistant_tokens_for_five_template_families() -> Resul
     let tokenizer = Tokenizer::load(&model)?;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/masks");
     let mut checked = 0;
+    let mut linear = 0;
     for family in ["smollm2", "llama3", "mistral", "gemma", "qwen2"] {
         let path = dir.join(format!("{family}.json"));
         let fixture: Family = serde_json::from_str(&std::fs::read_to_string(&path)?)
@@ -88,6 +100,14 @@ fn labels_are_exactly_the_assistant_tokens_for_five_template_families() -> Resul
                     .collect();
                 assert_eq!(tokenized.labels, expected, "{what}: labels");
                 checked += 1;
+                // The linear path (used for long conversations) must give the same spans.
+                let (all, trained) = turns(&example);
+                let full = template.render(&all, false)?;
+                let exact = mask::spans_by_prefix(&template, &all, &trained, &full)?;
+                if let Some(fast) = mask::spans_by_markers(&template, &all, &trained, &full)? {
+                    assert_eq!(fast, exact, "{what}: linear spans");
+                    linear += 1;
+                }
             } else {
                 // Mistral Nemo drops the system prompt unless the last message is the user's,
                 // so a turn cannot be located by prefix; that must be a clear error, not a
@@ -101,5 +121,9 @@ fn labels_are_exactly_the_assistant_tokens_for_five_template_families() -> Resul
         }
     }
     assert!(checked >= 14, "only {checked} conversations were checked");
+    assert_eq!(
+        linear, checked,
+        "the linear path gave up on some fixture conversations"
+    );
     Ok(())
 }

@@ -178,3 +178,40 @@ fn ten_thousand_corrupted_lines_never_panic() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_ten_thousand_turn_line_validates() -> Result<()> {
+    // Rendering the template once per prefix made this line take minutes; it must now be
+    // linear. No timing here (that is scripts/bench/validate-scaling.sh): it just has to end.
+    let Some(tokenizer) = smollm2() else {
+        return Ok(());
+    };
+    let turns = 10_000;
+    let messages: Vec<serde_json::Value> = (0..turns)
+        .flat_map(|i| {
+            [
+                serde_json::json!({"role": "user", "content": format!("What is {i} plus {i}?")}),
+                serde_json::json!({"role": "assistant", "content": format!("It is {}.", 2 * i)}),
+            ]
+        })
+        .collect();
+    let mut file = tempfile::NamedTempFile::new()?;
+    writeln!(file, "{}", serde_json::json!({ "messages": messages }))?;
+    let options = ReadOptions {
+        max_seq_len: 10_000_000,
+        ..ReadOptions::default()
+    };
+    let (examples, report) = read_dataset(
+        file.path(),
+        &ExampleTokenizer::new(&tokenizer, false),
+        &options,
+    )?;
+    assert!(!report.has_errors(), "{report}");
+    // Each answer: "It", " is", digits, ".", "<|im_end|>" are labels.
+    assert!(
+        examples[0].num_labels() > 4 * turns,
+        "{}",
+        examples[0].num_labels()
+    );
+    Ok(())
+}

@@ -39,7 +39,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Saves `adapter` into `dir` (created if missing) in PEFT's format.
+/// Saves `adapter` into `dir` (created if missing) in PEFT's format, plus a `manifest.json`
+/// of sha256 digests that [`load_adapter`] verifies.
 ///
 /// `base_model` is written as `base_model_name_or_path`.
 pub fn save_adapter(adapter: &LoraAdapter, dir: &Path, base_model: &str) -> Result<()> {
@@ -96,7 +97,8 @@ pub fn save_adapter(adapter: &LoraAdapter, dir: &Path, base_model: &str) -> Resu
     let mut bytes = safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| adapter_error(dir, format!("cannot serialise the weights: {e}")))?;
     canonicalize_header(&mut bytes);
-    write_atomically(&dir.join(WEIGHTS_FILE), &bytes)
+    write_atomically(&dir.join(WEIGHTS_FILE), &bytes)?;
+    crate::manifest::write_manifest(dir)
 }
 
 /// Rewrites a safetensors header with its JSON keys sorted. The `safetensors` crate writes the
@@ -227,7 +229,9 @@ fn parse_config(dir: &Path, value: &Value) -> Result<LoraConfig> {
 
 /// Loads a PEFT-format adapter from `dir` for `model`, whose fingerprint is `model_fingerprint`.
 ///
-/// Every key must name a linear layer of `model` with the right shapes. An adapter that
+/// A `manifest.json` (written by `ft`) is verified first: a file changed since it was
+/// written is an error naming the file. Every key must name a linear layer of `model` with
+/// the right shapes. An adapter that
 /// records a different base fingerprint is refused unless `options.allow_base_mismatch`.
 pub fn load_adapter(
     dir: &Path,
@@ -237,6 +241,12 @@ pub fn load_adapter(
 ) -> Result<LoraAdapter> {
     if !dir.is_dir() {
         return Err(adapter_error(dir, "no such directory"));
+    }
+    if !crate::manifest::verify_manifest(dir)? {
+        tracing::debug!(
+            "adapter {} has no manifest.json; not verified",
+            dir.display()
+        );
     }
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;

@@ -26,6 +26,7 @@ pub mod linear;
 pub mod loader;
 pub mod lora;
 pub mod loss;
+pub mod manifest;
 pub mod model;
 pub mod pretrained;
 pub mod text;

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use ft_model::generate::{LogitsProcessor, SamplingParams};
@@ -43,6 +44,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length.
     Length,
+    /// The request's time ran out (`--max-request-seconds`); reported as `length`, as OpenAI
+    /// does for a response cut short, and counted apart in the metrics.
+    Timeout,
 }
 
 impl FinishReason {
@@ -50,7 +54,7 @@ impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stop => "stop",
-            Self::Length => "length",
+            Self::Length | Self::Timeout => "length",
         }
     }
 }
@@ -100,6 +104,14 @@ pub struct SequenceRequest {
     pub index: usize,
     /// Where events go; dropping the receiver cancels the sequence.
     pub events: UnboundedSender<Event>,
+    /// When the sequence must end (waiting included), finishing with [`FinishReason::Timeout`].
+    pub deadline: Option<Instant>,
+}
+
+impl SequenceRequest {
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 struct Shared {
@@ -252,13 +264,25 @@ impl Scheduler {
                 let n = free.min(queue.len());
                 queue.drain(..n).collect::<Vec<_>>()
             };
-            let admitted: Vec<SequenceRequest> = admitted
-                .into_iter()
-                .filter(|r| !r.events.is_closed())
-                .collect();
+            let mut live = Vec::with_capacity(admitted.len());
+            for request in admitted {
+                if request.events.is_closed() {
+                    continue;
+                }
+                if request.timed_out() {
+                    // Its time ran out while it waited: free the slot without a prefill.
+                    let _ = request.events.send(Event::Done {
+                        index: request.index,
+                        finish: FinishReason::Timeout,
+                        completion_tokens: 0,
+                    });
+                    continue;
+                }
+                live.push(request);
+            }
             // All prompts admitted in this step are prefilled together (in groups of similar
             // length), so the first token does not wait behind every other prompt in turn.
-            for group in prefill_groups(admitted) {
+            for group in prefill_groups(live) {
                 let failed: Vec<_> = group.iter().map(|r| (r.index, r.events.clone())).collect();
                 match ft_kernels::threads::install(|| self.prefill(group)) {
                     Ok(sequences) => self.running.extend(sequences),
@@ -427,6 +451,8 @@ impl Scheduler {
             || sequence.position as usize + 1 >= context
         {
             Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Length))
+        } else if sequence.request.timed_out() {
+            Some((text.trim_end_matches('\u{FFFD}'), FinishReason::Timeout))
         } else {
             None
         };

@@ -1,6 +1,8 @@
 //! Errors as OpenAI returns them: an HTTP status and `{"error": {message, type, param, code}}`.
 
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -124,6 +126,60 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
+
+    /// Any status, with the OpenAI error type that goes with it.
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500.. => "server_error",
+            _ => "invalid_request_error",
+        };
+        Self::new(status, kind, message)
+    }
+}
+
+/// Largest framework error text carried over into the message.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// Middleware: every error response that is not already JSON — the framework's own
+/// rejections of a path (`DELETE /v1/adapters/%ff`), a query, a JSON body, a body limit, a
+/// method — gets the OpenAI error body with the same status and headers. Handlers' own errors
+/// are [`ApiError`]s already and pass through. A 5xx keeps its details in the log only.
+pub async fn openai_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let message = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), %text, "server error");
+        reason
+    } else if text.is_empty() {
+        reason
+    } else {
+        text
+    };
+    let mut rewritten = ApiError::from_status(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }
 
 impl std::fmt::Display for ApiError {
@@ -145,3 +201,78 @@ impl IntoResponse for ApiError {
     }
 }
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{DefaultBodyLimit, Path, Query};
+    use axum::routing::{delete, post};
+    use axum::Router;
+    use serde_json::Value;
+
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[expect(dead_code, reason = "only its parsing is under test")]
+        limit: u32,
+    }
+
+    /// A router using the framework's own extractors, whose rejections are plain text.
+    fn router() -> Router {
+        Router::new()
+            .route("/items/{id}", delete(|Path(id): Path<String>| async { id }))
+            .route(
+                "/page",
+                axum::routing::get(|Query(_): Query<Page>| async { "ok" }),
+            )
+            .route("/json", post(|Json(v): Json<Value>| async move { Json(v) }))
+            .layer(DefaultBodyLimit::max(16))
+            .layer(axum::middleware::from_fn(openai_errors))
+    }
+
+    fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+        let request = ureq::request(method, url).set("content-type", "application/json");
+        let result = match body {
+            Some(b) => request.send_string(b),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}"),
+        };
+        let status = response.status();
+        (status, response.into_json().unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn every_framework_rejection_has_the_openai_shape() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        runtime.spawn(async move { axum::serve(listener, router()).await });
+        let cases = [
+            ("DELETE", "/items/%ff", None, 400),
+            ("GET", "/page?limit=many", None, 400),
+            ("POST", "/json", Some("{not json"), 400),
+            ("POST", "/json", Some("[1, 2, 3, 4, 5, 6, 7, 8, 9]"), 413),
+            ("GET", "/json", None, 405),
+            ("GET", "/nowhere", None, 404),
+        ];
+        for (method, path, body, status) in cases {
+            let (got, response) = call(method, &format!("{url}{path}"), body);
+            assert_eq!(got, status, "{method} {path}: {response}");
+            let error = &response["error"];
+            assert!(
+                error["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{method} {path}: {response}"
+            );
+            assert!(error["type"].is_string(), "{method} {path}: {response}");
+            assert!(error.get("param").is_some() && error.get("code").is_some());
+        }
+        // Success passes through untouched.
+        let (status, response) = call("POST", &format!("{url}/json"), Some("[1]"));
+        assert_eq!((status, response), (200, serde_json::json!([1])));
+    }
+}

@@ -74,6 +74,7 @@ struct Series {
     requests: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     tokens: BTreeMap<String, u64>,
+    timeouts: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
     ttft: BTreeMap<String, Histogram>,
 }
@@ -114,6 +115,12 @@ impl Metrics {
             .entry(labels(&[("model", model), ("endpoint", endpoint)]))
             .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
             .observe(seconds);
+    }
+
+    /// Counts a request cut short by `--max-request-seconds`.
+    pub fn request_timed_out(&self, model: &str, endpoint: &str) {
+        let key = labels(&[("model", model), ("endpoint", endpoint)]);
+        *self.series().timeouts.entry(key).or_default() += 1;
     }
 
     /// Counts prompt or completion tokens (`token_type` = `prompt` | `completion`).
@@ -168,6 +175,12 @@ impl Metrics {
             "llm_tokens_total",
             "Prompt and completion tokens.",
             &series.tokens,
+        );
+        counter(
+            &mut out,
+            "llm_request_timeouts_total",
+            "Requests ended by --max-request-seconds (finish_reason length).",
+            &series.timeouts,
         );
         let histogram =
             |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, Histogram>| {
@@ -226,6 +239,7 @@ mod tests {
         metrics.request_finished("base", "/v1/chat/completions", 200, 0.3);
         metrics.request_finished("base", "/v1/chat/completions", 404, 0.01);
         metrics.tokens("base", "completion", 7);
+        metrics.request_timed_out("base", "/v1/completions");
         let text = metrics.render(2, 1);
         assert!(text.contains(
             "llm_requests_total{model=\"base\",status=\"200\",endpoint=\"/v1/chat/completions\"} 1"
@@ -242,5 +256,7 @@ mod tests {
             "llm_latency_seconds_bucket{model=\"base\",endpoint=\"/v1/chat/completions\",le=\"0.5\"} 2"
         ));
         assert!(text.contains("llm_queue_depth 2"));
+        assert!(text
+            .contains("llm_request_timeouts_total{model=\"base\",endpoint=\"/v1/completions\"} 1"));
     }
 }

@@ -24,11 +24,10 @@ impl StopSpec {
     }
 }
 
-/// `stream_options`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `stream_options`, once checked (see [`CommonParams::stream_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamOptions {
     /// Send a last chunk with token usage before `[DONE]`.
-    #[serde(default)]
     pub include_usage: bool,
 }
 
@@ -54,8 +53,10 @@ pub struct CommonParams {
     /// Stream chunks over server-sent events.
     #[serde(default)]
     pub stream: bool,
-    /// Streaming options.
-    pub stream_options: Option<StreamOptions>,
+    /// Streaming options: an object, and only with `stream: true` (as OpenAI checks). Kept as
+    /// JSON so that a wrong shape (`[]`, which serde would read as an empty struct) is a 400
+    /// naming this field.
+    pub stream_options: Option<Value>,
 }
 
 /// A message of a chat request: `content` is a string or a list of `{"type": "text", ...}` parts.

@@ -3,12 +3,16 @@
 
 use ft_data::Message;
 use ft_model::generate::SamplingParams;
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::{Event, FinishReason, SequenceRequest};
 use crate::error::ApiError;
-use crate::openai::{ChatMessage, ChatRequest, CommonParams, CompletionRequest, PromptSpec, Usage};
+use crate::openai::{
+    ChatMessage, ChatRequest, CommonParams, CompletionRequest, PromptSpec, StreamOptions, Usage,
+};
 use crate::registry::ResolvedAdapter;
 use crate::server::AppState;
 
@@ -16,6 +20,9 @@ use crate::server::AppState;
 pub const MAX_N: usize = 16;
 /// Most stop strings (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+/// `max_tokens` of `/v1/completions` when the request has none (OpenAI's and vLLM's default;
+/// chat completions default to the rest of the context).
+pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
 
 /// Which endpoint a request came through: it decides the response's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,39 @@ pub struct Plan {
     id: String,
     created: u64,
     fingerprint: String,
+    /// When every sequence must end (`--max-request-seconds`, counted from arrival).
+    deadline: Option<Instant>,
+}
+
+/// Checks `stream_options`: absent or null, or an object with an optional boolean
+/// `include_usage`, and only on a streamed request.
+fn stream_options(value: Option<&Value>, stream: bool) -> Result<StreamOptions, ApiError> {
+    let object = match value {
+        None | Some(Value::Null) => return Ok(StreamOptions::default()),
+        Some(Value::Object(object)) => object,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "stream_options must be an object, e.g. {\"include_usage\": true}",
+            ))
+        }
+    };
+    if !stream {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    match object.get("include_usage") {
+        None | Some(Value::Null) => Ok(StreamOptions::default()),
+        Some(Value::Bool(include_usage)) => Ok(StreamOptions {
+            include_usage: *include_usage,
+        }),
+        Some(_) => Err(ApiError::invalid(
+            "stream_options.include_usage",
+            "include_usage must be a boolean",
+        )),
+    }
 }
 
 fn random_id(prefix: &str) -> String {
@@ -65,7 +105,12 @@ fn random_id(prefix: &str) -> String {
 fn content_text(content: &Option<Value>, index: usize) -> Result<String, ApiError> {
     let param = format!("messages[{index}].content");
     match content {
-        None | Some(Value::Null) => Ok(String::new()),
+        // OpenAI lets only an assistant message with `tool_calls` omit its content; there
+        // are no tools here, so every message needs one.
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            &param,
+            "content is required (a string or a list of text parts)",
+        )),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => {
             let mut text = String::new();
@@ -268,11 +313,20 @@ impl Plan {
                         ),
                     ));
                 }
-                Ok(requested.unwrap_or(limit).min(context - p.len()))
+                let default = match endpoint {
+                    Endpoint::Completion => DEFAULT_COMPLETION_MAX_TOKENS.min(limit),
+                    Endpoint::Chat => limit,
+                };
+                Ok(requested.unwrap_or(default).min(context - p.len()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let seed = params.seed.map_or_else(rand::random::<u64>, |s| s as u64);
-        let stream_options = params.stream_options.unwrap_or_default();
+        let stream_options = stream_options(params.stream_options.as_ref(), params.stream)?;
+        let seconds = state.config.max_request_seconds;
+        let deadline = (seconds > 0.0)
+            .then(|| Duration::try_from_secs_f64(seconds).ok())
+            .flatten()
+            .and_then(|d| Instant::now().checked_add(d));
         let fingerprint = adapter
             .as_ref()
             .map_or_else(|| "base".to_string(), ResolvedAdapter::tag);
@@ -299,6 +353,7 @@ impl Plan {
             }),
             created: crate::registry::unix_now(),
             fingerprint,
+            deadline,
         })
     }
 
@@ -328,6 +383,7 @@ impl Plan {
                     stop: self.stop.clone(),
                     index,
                     events: events.clone(),
+                    deadline: self.deadline,
                 }
             })
             .collect()

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, Event};
-use crate::error::ApiError;
+use crate::engine::{Engine, Event, FinishReason};
+use crate::error::{openai_errors, ApiError};
 use crate::metrics::Metrics;
 use crate::openai::{ChatRequest, CompletionRequest, ModelCard};
 use crate::registry::Registry;
@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest accepted `max_tokens`.
     pub max_tokens_limit: usize,
+    /// Longest a request may take from arrival, waiting included, before its choices end
+    /// with `finish_reason: "length"` (0 = no limit).
+    pub max_request_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,8 @@ impl Default for ServerConfig {
             api_key: None,
             max_body_bytes: 1 << 20,
             max_tokens_limit: 4096,
+            // The OpenAI Python client's own default timeout.
+            max_request_seconds: 600.0,
         }
     }
 }
@@ -108,6 +113,8 @@ impl Server {
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(state.clone(), authorize))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            // Outermost, so that a rejection from any layer above gets the OpenAI shape.
+            .layer(middleware::from_fn(openai_errors))
             .with_state(state)
     }
 
@@ -186,6 +193,7 @@ struct RequestRecord {
     status: u16,
     started: Instant,
     first_token: bool,
+    timed_out: bool,
 }
 
 impl RequestRecord {
@@ -198,7 +206,12 @@ impl RequestRecord {
             status: 200,
             started: Instant::now(),
             first_token: false,
+            timed_out: false,
         }
+    }
+
+    fn finished(&mut self, finish: FinishReason) {
+        self.timed_out |= finish == FinishReason::Timeout;
     }
 
     fn saw_text(&mut self) {
@@ -215,6 +228,9 @@ impl Drop for RequestRecord {
         let seconds = self.started.elapsed().as_secs_f64();
         self.metrics
             .request_finished(&self.model, self.endpoint, self.status, seconds);
+        if self.timed_out {
+            self.metrics.request_timed_out(&self.model, self.endpoint);
+        }
         self.metrics.request_ended();
         tracing::info!(
             endpoint = self.endpoint,
@@ -329,6 +345,7 @@ async fn collect_response(
                 finish,
                 completion_tokens,
             } => {
+                record.finished(finish);
                 if let Some(output) = outputs.get_mut(index) {
                     output.finish = Some(finish);
                     output.completion_tokens = completion_tokens;
@@ -406,6 +423,7 @@ fn stream_response(
                     finish,
                     completion_tokens,
                 }) => {
+                    s.record.finished(finish);
                     s.completion_tokens += completion_tokens;
                     s.pending -= 1;
                     s.queued.push_back(s.plan.finish_chunk(index, finish));

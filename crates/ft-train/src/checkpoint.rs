@@ -1,6 +1,7 @@
 //! Checkpoints: `DIR/checkpoints/step-N/` with the adapter (PEFT format), the optimizer state
-//! and the trainer state (step, data cursor, best evaluation). Each is written into a temporary
-//! directory, fsynced and renamed, so a checkpoint directory is either complete or absent.
+//! and the trainer state (step, data cursor, best evaluation), with a `manifest.json` of their
+//! sha256 digests. Each is written into a temporary directory, fsynced and renamed, so a
+//! checkpoint directory is either complete or absent; the manifest catches later corruption.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use ft_data::Cursor;
 use ft_model::adapter_io::{save_adapter, LoadOptions};
+use ft_model::manifest::{verify_manifest, write_manifest};
 use ft_model::{LoraAdapter, Model};
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +90,8 @@ pub fn save(
     optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
     let json = serde_json::to_string_pretty(state).unwrap_or_default();
     std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| Error::io(tmp.join(STATE_FILE), e))?;
+    // Last, over every file of the checkpoint (replacing the adapter's own manifest).
+    write_manifest(&tmp)?;
     fsync_dir_files(&tmp)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
@@ -116,8 +120,15 @@ pub fn list(out: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
-/// Reads the checkpoint in `dir` for `model`.
+/// Reads the checkpoint in `dir` for `model`, after checking every file against its
+/// `manifest.json` (an error names the file that changed).
 pub fn load(dir: &Path, model: &Model, config: AdamWConfig, device: &Device) -> Result<Checkpoint> {
+    if !verify_manifest(dir)? {
+        tracing::warn!(
+            "checkpoint {} has no manifest.json (written by an older ft); not verified",
+            dir.display()
+        );
+    }
     let text = std::fs::read_to_string(dir.join(STATE_FILE))
         .map_err(|e| Error::io(dir.join(STATE_FILE), e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Config {

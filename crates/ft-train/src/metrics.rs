@@ -67,17 +67,28 @@ pub fn read(path: &Path) -> Vec<MetricsRow> {
 }
 
 /// Keeps only rows up to `step` (resuming from a checkpoint at `step` redoes the rest).
+///
+/// The kept lines are copied as they are, never parsed and written again: serde_json's float
+/// parsing is not correctly rounded, so a round trip can change a loss in its last digit and
+/// a resumed run's log would differ from an uninterrupted one. A line torn by a crash (not
+/// valid JSON) is dropped. Written through a temporary file and renamed, so a crash here
+/// cannot lose the log.
 pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
-    let rows: Vec<String> = read(path)
-        .into_iter()
-        .filter(|r| r.step() <= step)
-        .filter_map(|r| serde_json::to_string(&r).ok())
-        .collect();
-    let mut text = rows.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if serde_json::from_str::<MetricsRow>(line).is_ok_and(|r| r.step() <= step) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
     }
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Appends one row.
@@ -212,6 +223,21 @@ mod tests {
         ));
         let svg = loss_svg(&rows);
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        Ok(())
+    }
+
+    #[test]
+    fn truncating_keeps_the_logged_digits() -> Result<()> {
+        // A loss from the issue: serde_json (without `float_roundtrip`) reads it back one ulp
+        // off, so re-serialising the kept rows changed the log of a resumed run.
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let path = dir.path().join("metrics.jsonl");
+        let line = r#"{"step":7,"loss":0.10801571421325207,"lr":0.0002,"grad_norm":0.5,"tokens_per_sec":10.0,"elapsed_s":1.0}"#;
+        let torn = r#"{"step":8,"loss":0.1"#;
+        std::fs::write(&path, format!("{line}\n{torn}")).map_err(|e| Error::io(&path, e))?;
+        truncate_after(&path, 7)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        assert_eq!(text, format!("{line}\n"));
         Ok(())
     }
 }

@@ -88,6 +88,16 @@ fn losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The `"loss":...` text of every step row, exactly as logged.
+fn loss_texts(out: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once("\"loss\":"))
+        .map(|(_, rest)| rest.split(',').next().unwrap_or("").to_string())
+        .collect())
+}
+
 #[test]
 fn loss_curve_matches_peft_from_the_same_initialisation() -> Result<()> {
     let Some(model) = smollm2() else {
@@ -167,6 +177,11 @@ fn interrupted_and_resumed_run_gives_the_same_adapter_bytes() -> Result<()> {
         }
     })?;
     assert!(outcome.interrupted && outcome.steps == 2);
+    // As after kill -9 during step 4: a row past the checkpoint and a torn line.
+    let log = split.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&log)?;
+    text.push_str("{\"step\":3,\"loss\":9.5,\"lr\":0.001,\"grad_norm\":1.0,\"tokens_per_sec\":1.0,\"elapsed_s\":1.0}\n{\"step\":4,\"lo");
+    std::fs::write(&log, text)?;
     let resumed = Trainer::new(
         &model,
         config,
@@ -183,6 +198,8 @@ fn interrupted_and_resumed_run_gives_the_same_adapter_bytes() -> Result<()> {
         "resumed adapter differs from the uninterrupted one"
     );
     assert_eq!(losses(&straight), losses(&split));
+    // The log itself, digit for digit (not only the parsed values).
+    assert_eq!(loss_texts(&straight)?, loss_texts(&split)?);
     Ok(())
 }
 
@@ -294,5 +311,81 @@ fn refuses_bad_inputs_and_recovers_from_a_corrupt_checkpoint() -> Result<()> {
     .run(&mut |_| {})
     .expect_err("an absurd learning rate diverges");
     assert!(err.to_string().contains("stopped at step"), "{err}");
+    Ok(())
+}
+
+/// Overwrites 16 bytes of the tensor payload of `file` with other finite floats.
+fn corrupt_payload(file: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(file)?;
+    let header = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let at = 8 + header + 64;
+    for (i, chunk) in bytes[at..at + 16].chunks_exact_mut(4).enumerate() {
+        let old = f32::from_le_bytes(chunk.try_into()?);
+        chunk.copy_from_slice(&(old + 0.25 + i as f32).to_le_bytes());
+    }
+    std::fs::write(file, bytes)?;
+    Ok(())
+}
+
+#[test]
+fn a_silently_corrupted_checkpoint_or_adapter_is_caught_by_its_manifest() -> Result<()> {
+    let Some(model) = smollm2() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let config = TrainConfig {
+        max_steps: Some(2),
+        save_steps: 1,
+        ..demo_config()?
+    };
+    let run = dir.path().join("run");
+    Trainer::new(&model, config.clone(), options(&run)).run(&mut |_| {})?;
+    for sub in ["checkpoints/step-2", "adapter"] {
+        assert!(run.join(sub).join("manifest.json").is_file(), "{sub}");
+    }
+
+    // A checkpoint: resume names the file and falls back to the previous checkpoint.
+    corrupt_payload(&run.join("checkpoints/step-2/adapter_model.safetensors"))?;
+    let mut skipped = Vec::new();
+    let resumed = Trainer::new(
+        &model,
+        TrainConfig {
+            max_steps: Some(3),
+            ..config
+        },
+        TrainOptions {
+            resume: Some(Resume::Latest),
+            ..options(&run)
+        },
+    )
+    .run(&mut |e| {
+        if let Event::CheckpointSkipped { dir, reason } = e {
+            skipped.push((dir.to_path_buf(), reason));
+        }
+    })?;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, run.join("checkpoints/step-2"));
+    assert!(
+        skipped[0]
+            .1
+            .contains("adapter_model.safetensors is corrupt"),
+        "{}",
+        skipped[0].1
+    );
+    assert_eq!(resumed.steps, 3);
+
+    // The final adapter: loading it fails, naming the file.
+    let adapter = run.join("adapter");
+    corrupt_payload(&adapter.join("adapter_model.safetensors"))?;
+    let err = model
+        .model
+        .load_adapter(&adapter, &Default::default())
+        .err()
+        .context("a corrupt adapter must not load")?;
+    assert!(
+        err.to_string()
+            .contains("adapter_model.safetensors is corrupt"),
+        "{err}"
+    );
     Ok(())
 }
