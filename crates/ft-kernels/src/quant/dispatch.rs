@@ -92,6 +92,44 @@ macro_rules! safe_kernel {
     }};
 }
 
+/// A four-row kernel: one weight row against four activation rows.
+pub type RowDot4 = fn(&[u8], &[XRow; 4]) -> [f32; 4];
+
+macro_rules! safe_kernel4 {
+    ($isa:ident, $name:ident) => {{
+        fn kernel(row: &[u8], x: &[XRow; 4]) -> [f32; 4] {
+            // SAFETY: as in `safe_kernel`; the four rows have the same width.
+            unsafe { super::x86::$isa::$name(row, x) }
+        }
+        Some(kernel as RowDot4)
+    }};
+}
+
+/// The four-row kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
+pub fn kernel4_for(isa: Isa, ty: QuantType) -> Option<RowDot4> {
+    macro_rules! table {
+        ($isa:ident) => {
+            match ty {
+                QuantType::Q4_0 => safe_kernel4!($isa, q4_0_x4),
+                QuantType::Q4_1 => safe_kernel4!($isa, q4_1_x4),
+                QuantType::Q5_0 => safe_kernel4!($isa, q5_0_x4),
+                QuantType::Q5_1 => safe_kernel4!($isa, q5_1_x4),
+                QuantType::Q8_0 => safe_kernel4!($isa, q8_0_x4),
+                _ => None,
+            }
+        };
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => table!(avx2),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => table!(vnni),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => table!(avxvnni),
+        _ => None,
+    }
+}
+
 /// The kernel of `ty` for `isa` (which must be one of [`Isa::available`]).
 pub fn kernel_for(isa: Isa, ty: QuantType) -> RowDot {
     macro_rules! table {
