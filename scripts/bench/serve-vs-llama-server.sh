@@ -14,7 +14,9 @@
 # - llama-server: one server per level N, `--parallel N -c N×$CTX_PER_SLOT -t 2 -tb 2 --jinja`
 #   (the GGUF's own chat template, as ft renders it); continuous batching and prompt caching
 #   as shipped (its defaults).
-# - N = max(4, factor × c) requests per level; p99 is nearest-rank (the maximum at these N).
+# - N = max(4, factor × c) requests per level, after one warm-up request; p99 is nearest-rank
+#   (the maximum at these N). "answers identical" counts prompts whose greedy text is the same
+#   on both servers (different kernels and rounding: informative, no goal).
 #   CPU: the server's (user+sys)/wall during the load, in % of one core; the client (Python,
 #   same machine) shares the cores with whichever server runs.
 # Builds nothing but llama.cpp: expects target/release/ft or $FT_BIN. Takes 3-5 minutes on 2
@@ -122,10 +124,16 @@ done
 echo "starting $FT_BIN serve --threads $threads --precision quantized with 8 adapters (a0..a7 = copies of $source_adapter) ..."
 start_ft_serve "$tmp/ft.log" --model "$MODEL" --device cpu --threads "$threads" --precision quantized "${adapter_args[@]}"
 ft_rss_idle=$(kb_of "$FT_SERVE_PID" VmRSS)
-status=0
-load_run "ft serve" "$FT_SERVE_URL" "$FT_SERVE_PID" "$concurrency" --expect-fingerprint base \
-  --texts-out "$tmp/ft.json" || status=$?
-ft_load=$LOAD ft_cpu=$CPU
+IFS=, read -r -a levels <<<"$concurrency"
+status=0 ft_load="" ft_cpu=()
+for c in "${levels[@]}"; do
+  load_run "ft serve" "$FT_SERVE_URL" "$FT_SERVE_PID" "$c" --expect-fingerprint base \
+    --texts-out "$tmp/ft-$c.json" || status=$?
+  ft_load="$ft_load"$'\n'"$LOAD"
+  ft_cpu+=("$CPU")
+  [ "$status" -eq 0 ] || break
+  echo "ft serve CPU during the c=$c load: $CPU % of one core ($((threads * 100)) % = $threads threads busy)"
+done
 ft_hwm=$(kb_of "$FT_SERVE_PID" VmHWM)
 if grep -qiE 'panick|error' "$tmp/ft.log"; then
   echo "--- ft serve logged errors ---"
@@ -133,11 +141,9 @@ if grep -qiE 'panick|error' "$tmp/ft.log"; then
 fi
 stop_ft_serve
 [ "$status" -eq 0 ] || { echo "error: the ft serve load run failed (status $status)" >&2; exit "$status"; }
-echo "ft serve CPU during the load: $ft_cpu % of one core ($((threads * 100)) % = $threads threads busy)"
 
 # --- llama-server, one per level --------------------------------------------------------------
 llama_load="" llama_cpu=() llama_hwm=()
-IFS=, read -r -a levels <<<"$concurrency"
 for c in "${levels[@]}"; do
   echo
   echo "starting llama-server --parallel $c -c $((c * CTX_PER_SLOT)) -t $threads ..."
@@ -157,12 +163,13 @@ same=$(python3 -c '
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 keys = sorted(set(a) & set(b))
-print(f"{sum(a[k] == b[k] for k in keys)}/{len(keys)}")' "$tmp/ft.json" "$tmp/llama-${levels[0]}.json")
+print(f"{sum(a[k] == b[k] for k in keys)}/{len(keys)}")' "$tmp/ft-${levels[0]}.json" "$tmp/llama-${levels[0]}.json")
 gguf_kb=$(($(stat -c %s "$MODEL") / 1024))
 echo
 echo "ft serve vs llama-server: $BASE, streamed greedy chat, max_tokens $max_tokens, $threads threads each"
 # The table and the ratios from both sides' RESULT lines; CPU % per level as "c:percent".
-result=$(python3 - "$ft_load" "$llama_load" "$ft_cpu" "$(for i in "${!levels[@]}"; do printf '%s:%s ' "${levels[$i]}" "${llama_cpu[$i]}"; done)" <<'PY'
+per_level() { local -n values=$1; local i; for i in "${!levels[@]}"; do printf '%s:%s ' "${levels[$i]}" "${values[$i]}"; done; }
+result=$(python3 - "$ft_load" "$llama_load" "$(per_level ft_cpu)" "$(per_level llama_cpu)" <<'PY'
 import sys
 
 def rows(text):
@@ -174,7 +181,7 @@ def rows(text):
     return out
 
 ft, ll = rows(sys.argv[1]), rows(sys.argv[2])
-ll_cpu = dict(x.split(":") for x in sys.argv[4].split())
+ft_cpu, ll_cpu = (dict(x.split(":") for x in a.split()) for a in sys.argv[3:5])
 def r(a, b):
     return a / b if b else float("nan")
 head = f"{'c':<4} {'server':<13} {'ok/N':>7} {'out tok/s':>9} {'ttft p50':>8} {'ttft p99':>8} {'lat p50':>8} {'CPU %':>6}"
@@ -182,7 +189,7 @@ print(head)
 print("-" * len(head))
 result = ["RESULT"]
 for c in sorted(set(ft) | set(ll)):
-    for name, side, cpu in (("ft serve", ft, sys.argv[3]), ("llama-server", ll, ll_cpu.get(str(c), "?"))):
+    for name, side, cpu in (("ft serve", ft, ft_cpu.get(str(c), "?")), ("llama-server", ll, ll_cpu.get(str(c), "?"))):
         x = side.get(c)
         if x is None:
             print(f"{c:<4} {name:<13} {'(no result)':>7}")
