@@ -75,43 +75,95 @@ pub fn decode_attention(
         capacity,
     } = shape;
     let group = heads / kv_heads;
-    let visible = |t: usize| mask.is_none_or(|m| m[t] != 0);
-    let mut scores = vec![f32::NEG_INFINITY; group * len];
-    for g in 0..kv_heads {
-        let keys = &k[g * capacity * d..];
-        let values = &v[g * capacity * d..];
-        let queries = &q[g * group * d..(g + 1) * group * d];
-        // Scores of every query head in the group, reading each key once.
-        for t in (0..len).filter(|&t| visible(t)) {
-            let key = &keys[t * d..(t + 1) * d];
-            for (j, query) in queries.chunks_exact(d).enumerate() {
-                scores[j * len + t] = scale * dot(query, key);
-            }
-        }
-        for j in 0..group {
-            let row = &mut scores[j * len..(j + 1) * len];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let o = &mut out[(g * group + j) * d..(g * group + j + 1) * d];
-            o.fill(0.0);
-            if max == f32::NEG_INFINITY {
-                continue;
-            }
-            let mut total = 0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
-            for (t, &p) in row.iter().enumerate() {
-                if p != 0.0 {
-                    axpy(p, &values[t * d..(t + 1) * d], o);
-                }
-            }
-            let inv = 1.0 / total;
-            o.iter_mut().for_each(|x| *x *= inv);
-            row.fill(f32::NEG_INFINITY);
-        }
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    // One task per KV head: its query heads read each key and value once. Short caches run
+    // on the caller alone (a parallel region costs more than it saves there).
+    let one_head = |g: usize| {
+        let mut scores = vec![f32::NEG_INFINITY; group * len];
+        // SAFETY: task `g` writes only query heads g·group .. (g + 1)·group of `out`.
+        let o = unsafe { out_ptr.heads(g * group * d, group * d) };
+        attend_group(
+            &q[g * group * d..(g + 1) * group * d],
+            &k[g * capacity * d..],
+            &v[g * capacity * d..],
+            mask,
+            len,
+            d,
+            scale,
+            &mut scores,
+            o,
+        );
+    };
+    if len * heads >= PARALLEL_MIN_WORK {
+        crate::threads::parallel_for(kv_heads, &one_head);
+    } else {
+        (0..kv_heads).for_each(one_head);
     }
     Ok(())
+}
+
+/// `len · heads` from which decode attention splits over the threads.
+const PARALLEL_MIN_WORK: usize = 1024;
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint ranges of one buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `start..start + n` is inside the buffer and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn heads(&self, start: usize, n: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), n)
+    }
+}
+
+/// The query heads of one KV head: `queries: (group, d)`, `keys, values: (len.., d)` →
+/// `out: (group, d)`; `scores` is scratch of `group · len`, all −∞.
+#[allow(clippy::too_many_arguments)]
+fn attend_group(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    mask: Option<&[u8]>,
+    len: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = queries.len() / d;
+    let visible = |t: usize| mask.is_none_or(|m| m[t] != 0);
+    // Scores of every query head in the group, reading each key once.
+    for t in (0..len).filter(|&t| visible(t)) {
+        let key = &keys[t * d..(t + 1) * d];
+        for (j, query) in queries.chunks_exact(d).enumerate() {
+            scores[j * len + t] = scale * dot(query, key);
+        }
+    }
+    for j in 0..group {
+        let row = &mut scores[j * len..(j + 1) * len];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let o = &mut out[j * d..(j + 1) * d];
+        o.fill(0.0);
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let mut total = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        for (t, &p) in row.iter().enumerate() {
+            if p != 0.0 {
+                axpy(p, &values[t * d..(t + 1) * d], o);
+            }
+        }
+        let inv = 1.0 / total;
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 #[inline]

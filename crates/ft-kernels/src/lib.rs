@@ -25,6 +25,7 @@ mod loss;
 mod norm;
 pub mod quant;
 mod rope;
+pub mod spin_pool;
 pub mod threads;
 
 pub use frozen_linear::{frozen_linear, set_naive_frozen_linear};

@@ -1,27 +1,22 @@
 //! The worker threads every hot kernel runs on: one pool per process, sized by
-//! [`set_num_threads`] (the CLI's `--threads`), by default one thread per physical core.
-//!
-//! Kernels split their work with rayon inside this pool. Callers that run many small kernels
-//! in a row (a decode step) should wrap the whole step in [`install`], so each kernel's split
-//! is a cheap fork inside the pool instead of a hand-off from a foreign thread.
+//! [`set_num_threads`] (the CLI's `--threads`), by default one thread per physical core. The
+//! thread that calls a kernel is one of them; see [`crate::spin_pool`] for why the others spin.
 
 use std::sync::{Arc, RwLock};
 
 use candle_core::Result;
-use rayon::{ThreadPool, ThreadPoolBuilder};
 
-static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+use crate::spin_pool::SpinPool;
+
+static POOL: RwLock<Option<Arc<SpinPool>>> = RwLock::new(None);
 
 /// Physical cores (hyper-threads share one core's units; the kernels are bound by them).
 pub fn default_num_threads() -> usize {
     num_cpus::get_physical().max(1)
 }
 
-fn build(threads: usize) -> Result<Arc<ThreadPool>> {
-    ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("ft-worker-{i}"))
-        .build()
+fn start(threads: usize) -> Result<Arc<SpinPool>> {
+    SpinPool::new(threads)
         .map(Arc::new)
         .map_err(|e| candle_core::Error::Msg(format!("cannot start {threads} worker threads: {e}")))
 }
@@ -35,16 +30,15 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
     } else {
         threads
     };
-    let pool = build(threads)?;
     // candle's f32 matmul sizes its split from RAYON_NUM_THREADS, and without it reads
-    // /proc/cpuinfo on every call. Set here, before the caller starts other threads.
+    // /proc/cpuinfo on every call.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let pool = start(threads)?;
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
     Ok(())
 }
 
-/// The pool, started with the default size on first use.
-pub fn pool() -> Arc<ThreadPool> {
+fn pool() -> Arc<SpinPool> {
     if let Some(pool) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return pool.clone();
     }
@@ -52,25 +46,21 @@ pub fn pool() -> Arc<ThreadPool> {
     if let Some(pool) = slot.as_ref() {
         return pool.clone();
     }
-    let threads = default_num_threads();
-    let pool = match build(threads) {
-        Ok(pool) => pool,
-        // A pool of one thread cannot fail for lack of threads to spawn beyond the first.
-        Err(_) => build(1).expect("a one-thread pool starts"),
-    };
+    // Without threads to spare, the caller runs every task itself.
+    let pool = start(default_num_threads())
+        .or_else(|_| start(1))
+        .expect("a pool without workers starts no thread");
     *slot = Some(pool.clone());
     pool
 }
 
-/// Threads in the pool.
+/// Threads the kernels use, the caller included.
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    pool().threads()
 }
 
-/// Runs `f` on the pool (directly when already on one of its threads).
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        return f();
-    }
-    pool().install(f)
+/// Runs `f(0) … f(tasks - 1)` on every kernel thread (the caller included) and returns when
+/// all have run.
+pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    pool().run(tasks, f);
 }

@@ -120,16 +120,6 @@ pub fn generate<'a>(
     lora: impl Into<Lora<'a>>,
 ) -> Result<Vec<Vec<u32>>> {
     let lora = lora.into();
-    // The whole loop on the kernels' pool: each kernel's split is then a cheap fork.
-    ft_kernels::threads::install(|| generate_on_pool(model, prompts, params, lora))
-}
-
-fn generate_on_pool(
-    model: &Transformer,
-    prompts: &[Vec<u32>],
-    params: &GenerateParams,
-    lora: Lora,
-) -> Result<Vec<Vec<u32>>> {
     let device = model.device();
     let batch = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -210,7 +200,8 @@ pub fn token_nll<'a>(
     let n = tokens.len();
     let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
     let inputs = Inputs::from_attention_mask(&input, &[vec![1u8; n]])?;
-    let logits = ft_kernels::threads::install(|| model.forward(&inputs, None, lora))?
+    let logits = model
+        .forward(&inputs, None, lora)?
         .squeeze(0)?
         .to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits.narrow(0, 0, n - 1)?, D::Minus1)?;

@@ -284,7 +284,7 @@ impl Scheduler {
             // length), so the first token does not wait behind every other prompt in turn.
             for group in prefill_groups(live) {
                 let failed: Vec<_> = group.iter().map(|r| (r.index, r.events.clone())).collect();
-                match ft_kernels::threads::install(|| self.prefill(group)) {
+                match self.prefill(group) {
                     Ok(sequences) => self.running.extend(sequences),
                     Err(e) => {
                         let message = ft_core::error::one_line(&e);
@@ -304,7 +304,7 @@ impl Scheduler {
             if self.running.is_empty() {
                 continue;
             }
-            if let Err(e) = ft_kernels::threads::install(|| self.step()) {
+            if let Err(e) = self.step() {
                 let message = ft_core::error::one_line(&e);
                 tracing::error!(%message, "decode step failed; ending its sequences");
                 for sequence in self.running.drain(..) {

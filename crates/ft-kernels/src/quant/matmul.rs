@@ -4,7 +4,6 @@
 //! weight once).
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::activation::QuantizedRows;
 use super::dispatch::{isa, kernel4_for, kernel_for, Isa};
@@ -84,12 +83,8 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
             }
         }
     };
-    let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
-    if starts.len() == 1 {
-        task(0);
-    } else {
-        crate::threads::install(|| starts.into_par_iter().for_each(task));
-    }
+    let tasks = rows.div_ceil(chunk);
+    crate::threads::parallel_for(tasks, &|t| task(t * chunk));
     Ok(y)
 }
 

@@ -28,6 +28,18 @@ pub fn model() -> Option<Arc<TextModel>> {
     ))
 }
 
+/// The default model on the quantized inference path, or `None` outside CI when it is missing.
+pub fn quantized_model() -> Option<Arc<TextModel>> {
+    let path = ft_core::testing::default_gguf()?;
+    let options = ft_model::ModelOptions {
+        precision: ft_model::Precision::Quantized,
+        quantize: None,
+    };
+    Some(Arc::new(
+        TextModel::load_with(&path, &candle_core::Device::Cpu, &options).expect("model loads"),
+    ))
+}
+
 /// Starts a server over `model` with `adapters` (name, dir) preloaded.
 pub fn start(
     model: Arc<TextModel>,

@@ -1,0 +1,64 @@
+//! Requests that arrive together are prefilled together (right-padded, each row under its own
+//! adapter) and decoded in one batch: on the quantized path, every answer must still equal
+//! what `ft generate` gives for that request alone.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::{generate, post, quantized_model, random_adapter, start_simple};
+use ft_model::adapter_io::LoadOptions;
+use serde_json::json;
+
+#[test]
+fn concurrent_mixed_adapter_requests_each_equal_their_answer_alone() {
+    let Some(model) = quantized_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let adapter_dir = random_adapter(&model, dir.path(), "a", 2, 0.4);
+    let adapter = model
+        .model
+        .load_adapter(&adapter_dir, &LoadOptions::default())
+        .unwrap();
+    let live = Arc::new(start_simple(model.clone(), &[("tuned", &adapter_dir)]));
+    // Prompts of different lengths, so the prefill batch is padded.
+    let prompts = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "Write one sentence about the sea, the wind and the long grey boats that sail at dawn.",
+    ];
+    let mut cases = Vec::new();
+    for prompt in prompts {
+        cases.push((
+            prompt,
+            live.base_id.clone(),
+            generate(&model, prompt, false, 24, None),
+        ));
+        cases.push((
+            prompt,
+            "tuned".to_string(),
+            generate(&model, prompt, false, 24, Some(&adapter)),
+        ));
+    }
+    let barrier = Arc::new(Barrier::new(cases.len()));
+    let handles: Vec<_> = cases
+        .into_iter()
+        .map(|(prompt, name, expected)| {
+            let (live, barrier) = (live.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let body = json!({"model": name, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 24});
+                barrier.wait();
+                let (status, response) = post(&format!("{}/v1/chat/completions", live.url), &body);
+                assert_eq!(status, 200, "{response}");
+                assert_eq!(
+                    response["choices"][0]["message"]["content"], expected,
+                    "model {name}, prompt {prompt:?}"
+                );
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("a request thread panicked");
+    }
+}
