@@ -108,8 +108,16 @@ impl SpinPool {
             shared.wake.notify_all();
         }
         let result = catch_unwind(AssertUnwindSafe(|| claim_tasks(shared, f, tasks)));
+        // A worker still on a task may have lost its core (more runnable threads than
+        // cores): after a short spin, yield it the core instead of burning it.
+        let mut spins = 0u32;
         while shared.busy.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins = spins.saturating_add(1);
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         unsafe { *shared.job.get() = None };
         drop(guard);

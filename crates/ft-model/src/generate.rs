@@ -156,7 +156,7 @@ pub fn generate<'a>(
         .collect();
     let mut outputs = vec![Vec::new(); batch];
     let mut done = vec![false; batch];
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_for(longest + params.max_new_tokens);
     for _ in 0..params.max_new_tokens {
         let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?;
         let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;

@@ -452,6 +452,11 @@ impl Transformer {
         Cache::new(self.layers.len())
     }
 
+    /// A fresh KV cache with room for `tokens` (capped at the context) allocated at once.
+    pub fn new_cache_for(&self, tokens: usize) -> Cache {
+        Cache::with_capacity(self.layers.len(), tokens.min(self.rope.max_positions()))
+    }
+
     /// Token embeddings `(batch, seq, hidden)` and RoPE tables of `tokens` at `positions`.
     fn embed(&self, tokens: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (batch, seq) = tokens.dims2()?;

@@ -353,7 +353,7 @@ impl Scheduler {
             .collect();
         let adapters = RowAdapters::for_rows(&per_row, model.device())?;
         let lora = adapters.as_ref().map_or(Lora::None, Lora::Rows);
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache_for(longest);
         let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?; // (rows, longest, hidden)
         let last: Vec<Tensor> = lens
             .iter()
@@ -364,7 +364,11 @@ impl Scheduler {
             .logits(&Tensor::cat(&last, 0)?.squeeze(1)?)?
             .to_dtype(DType::F32)?
             .to_vec2()?;
-        let caches = cache.split_rows(&lens)?;
+        let capacities: Vec<usize> = requests
+            .iter()
+            .map(|r| r.prompt_ids.len() + r.max_tokens)
+            .collect();
+        let caches = cache.split_rows(&lens, &capacities)?;
         let mut started = Vec::with_capacity(rows);
         for ((request, cache), row_logits) in requests.into_iter().zip(caches).zip(logits) {
             let position = request.prompt_ids.len() as u32;

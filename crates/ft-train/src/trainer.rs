@@ -263,6 +263,14 @@ impl<'m> Trainer<'m> {
     /// goes. Writes `config.toml`, `metrics.jsonl`, checkpoints, `adapter/` and `loss.svg`.
     pub fn run(&self, on_event: &mut dyn FnMut(Event)) -> Result<TrainOutcome> {
         self.config.validate().map_err(Error::Setting)?;
+        if !self.model.model.transformer.is_dense() {
+            // The quantized kernels have no backward: gradients would stop at every base layer.
+            return Err(Error::Setting(
+                "training needs the exact f32 base: load the model with Precision::F32 \
+                 (the quantized inference path has no backward)"
+                    .to_string(),
+            ));
+        }
         let out = self.options.out.clone();
         self.prepare_out_dir()?;
         let train = self.read(&self.options.data, on_event)?;
