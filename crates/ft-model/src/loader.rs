@@ -31,7 +31,14 @@ pub struct LoadedWeights {
     pub quantized: QuantizedWeights,
     /// The file or directory they came from.
     pub source: PathBuf,
+    /// The first rows of the token embedding as the source has them, when the embedding was
+    /// quantized at load: the fingerprint is taken from these, so adapters trained on the
+    /// full-precision base still match.
+    pub fingerprint_rows: Option<Tensor>,
 }
+
+/// Rows of the token embedding the fingerprint reads.
+pub const FINGERPRINT_ROWS: usize = 64;
 
 /// Loads a GGUF file or an HF directory in full precision, choosing by what `path` is.
 pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<LoadedWeights> {
@@ -320,6 +327,8 @@ fn load_gguf(
         tensors,
         quantized,
         source: path.to_path_buf(),
+        // GGUF blocks dequantize to the same values on both paths.
+        fingerprint_rows: None,
     })
 }
 
@@ -375,6 +384,7 @@ fn load_hf_dir(
     let config = HfConfig::read(&config_path)?.into_config(&config_path)?;
     let mut tensors = HashMap::new();
     let mut quantized = QuantizedWeights::new();
+    let mut fingerprint_rows = None;
     for file in safetensors_files(dir)? {
         let loaded =
             candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::Weights {
@@ -383,6 +393,10 @@ fn load_hf_dir(
             })?;
         for (name, tensor) in loaded {
             if let Some(ty) = quantize.filter(|ty| is_quantizable(&name) && fits(&tensor, *ty)) {
+                if name == "model.embed_tokens.weight" {
+                    let rows = tensor.dim(0)?.min(FINGERPRINT_ROWS);
+                    fingerprint_rows = Some(tensor.narrow(0, 0, rows)?.to_dtype(DType::F32)?);
+                }
                 let matrix = quantize_tensor(&tensor, ty).map_err(|e| Error::Weights {
                     path: file.clone(),
                     reason: format!("quantizing `{name}` to {ty:?}: {}", one_line(&e)),
@@ -398,6 +412,7 @@ fn load_hf_dir(
         tensors,
         quantized,
         source: dir.to_path_buf(),
+        fingerprint_rows,
     })
 }
 
@@ -434,7 +449,7 @@ pub fn fingerprint(config: &Config, embed_tokens: &Tensor) -> Result<String> {
         )
         .as_bytes(),
     );
-    let rows = embed_tokens.dim(0)?.min(64);
+    let rows = embed_tokens.dim(0)?.min(FINGERPRINT_ROWS);
     let sample: Vec<f32> = embed_tokens
         .narrow(0, 0, rows)?
         .to_dtype(DType::F32)?

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use ft_kernels::quant::QuantType;
 
 use crate::adapter_io::{load_adapter, LoadOptions};
-use crate::loader::{fingerprint, load_weights_with};
+use crate::loader::{fingerprint, load_weights_with, FINGERPRINT_ROWS};
 use crate::lora::LoraAdapter;
 use crate::model::Transformer;
 use crate::{Error, Result};
@@ -78,8 +78,13 @@ impl Model {
                 path: path.to_path_buf(),
                 reason: ft_core::error::one_line(&e),
             })?;
-        let rows = weights.config.vocab_size.min(64) as u32;
-        let first_rows = transformer.embedding_rows(&Tensor::arange(0u32, rows, device)?)?;
+        let first_rows = match &weights.fingerprint_rows {
+            Some(rows) => rows.clone(),
+            None => {
+                let rows = weights.config.vocab_size.min(FINGERPRINT_ROWS) as u32;
+                transformer.embedding_rows(&Tensor::arange(0u32, rows, device)?)?
+            }
+        };
         let fingerprint = fingerprint(&weights.config, &first_rows)?;
         Ok(Self {
             transformer,
