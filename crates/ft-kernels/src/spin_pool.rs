@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// How long an idle worker spins, then yields, before it parks.
 const SPIN: Duration = Duration::from_micros(100);
-const YIELD: Duration = Duration::from_millis(2);
+const YIELD: Duration = Duration::from_micros(300);
 
 type Task = dyn Fn(usize) + Sync;
 

@@ -187,9 +187,9 @@ impl QuantMatrix {
         Self::new(self.ty, self.rows, self.cols, data)
     }
 
-    /// Row `r` as f32 (the plain reference dequantization).
+    /// Row `r` as f32 (the same values as [`crate::quant::reference::dequantize_row`]).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        crate::quant::reference::dequantize_row(self.ty, self.row(r), out);
+        crate::quant::dequant::dequantize_row(self.ty, self.row(r), out);
     }
 
     /// The whole matrix as f32, row-major.

@@ -32,6 +32,13 @@ unsafe impl Sync for Output {}
 
 impl Output {
     /// # Safety
+    /// `start..start + n` is inside the buffer, and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, n: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), n)
+    }
+
+    /// # Safety
     /// `at` is inside the buffer, and no other task writes it.
     unsafe fn write(&self, at: usize, value: f32) {
         *self.0.add(at) = value;
@@ -110,8 +117,47 @@ pub fn quantized_linear(x: &Tensor, w: &std::sync::Arc<QuantMatrix>) -> Result<T
     *last = w.rows();
     let rows = x.elem_count() / w.cols();
     let x2 = x.reshape((rows, w.cols()))?.contiguous()?;
-    x2.apply_op1_no_bwd(&QuantizedLinear { weight: w.clone() })?
-        .reshape(dims)
+    let y = if rows >= GEMM_MIN_ROWS && x.dtype() == candle_core::DType::F32 {
+        dequantized_gemm(&x2, w)?
+    } else {
+        x2.apply_op1_no_bwd(&QuantizedLinear { weight: w.clone() })?
+    };
+    y.reshape(dims)
+}
+
+/// From this many activation rows (a prompt), the product dequantizes the weights tile by
+/// tile and runs candle's f32 gemm, as ggml does with a BLAS: gemm's register blocking beats
+/// per-row integer dot products once the unpacking is shared by enough rows (measured on
+/// SmolLM2, 512-token prefill on 2 threads: 216 tokens/s integer, ~380 f32 gemm).
+pub const GEMM_MIN_ROWS: usize = 32;
+
+/// Weight rows dequantized at once: ≤ 6 MiB of f32 at SmolLM2's widest input.
+const GEMM_TILE_ROWS: usize = 1024;
+
+/// `x: (batch, cols)` f32 · dequantized `Wᵀ`, one tile of weight rows at a time.
+pub fn dequantized_gemm(x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
+    let cols = w.cols();
+    let mut parts = Vec::with_capacity(w.rows().div_ceil(GEMM_TILE_ROWS));
+    for start in (0..w.rows()).step_by(GEMM_TILE_ROWS) {
+        let n = GEMM_TILE_ROWS.min(w.rows() - start);
+        let mut tile = vec![0f32; n * cols];
+        let out = Output(tile.as_mut_ptr());
+        const ROWS_PER_TASK: usize = 32;
+        crate::threads::parallel_for(n.div_ceil(ROWS_PER_TASK), &|t| {
+            let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+            for r in rows {
+                // SAFETY: row r of the tile belongs to this task alone.
+                let row = unsafe { out.row(r * cols, cols) };
+                w.dequantize_row(start + r, row);
+            }
+        });
+        let tile = Tensor::from_vec(tile, (n, cols), x.device())?;
+        parts.push(x.matmul(&tile.t()?)?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    Tensor::cat(&parts, 1)
 }
 
 struct QuantizedLinear {

@@ -4,6 +4,7 @@
 //! is tested against.
 
 mod activation;
+mod dequant;
 mod dispatch;
 mod format;
 mod matmul;
@@ -15,7 +16,7 @@ pub use activation::{QuantizedRows, XRow};
 pub use dispatch::{isa, Isa};
 pub use format::QuantMatrix;
 pub use format::QuantType;
-pub use matmul::{matmul, matmul_with, quantized_linear};
+pub use matmul::{dequantized_gemm, matmul, matmul_with, quantized_linear, GEMM_MIN_ROWS};
 
 /// `Σ w·x` of weight row `r` of `w` and activation row `xr` of `x`, with the kernel of `isa`.
 ///
