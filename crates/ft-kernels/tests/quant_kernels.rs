@@ -181,3 +181,35 @@ fn rejects_mismatched_shapes() -> Result<()> {
     assert!(matmul_with(Isa::Scalar, &m, &[0.0; 63], 1).is_err());
     Ok(())
 }
+
+#[test]
+fn gemm_path_for_long_prompts_matches_the_integer_reference() -> Result<()> {
+    // From GEMM_MIN_ROWS rows, `quantized_linear` dequantizes the weights and runs f32 gemm:
+    // it must agree with the integer reference up to the activations' 16-bit rounding.
+    use ft_kernels::quant::{quantized_linear, GEMM_MIN_ROWS};
+    let batch = GEMM_MIN_ROWS + 3;
+    for ty in [QuantType::Q4_1, QuantType::Q8_0, QuantType::Q6K] {
+        let (rows, cols) = if ty.is_k_quant() {
+            (300, 512)
+        } else {
+            (1100, 576)
+        };
+        let (matrix, _) = quantized(ty, rows, cols, 9)?;
+        let matrix = std::sync::Arc::new(matrix);
+        let x = values(batch * cols, 21);
+        let xq = QuantizedRows::quantize(&x, batch, cols, ty.block_len());
+        let want = matmul_with(Isa::Scalar, &matrix, &x, batch)?;
+        let scale = abs_scale(&matrix, &xq, batch);
+        let input = Tensor::from_vec(x, (batch, cols), &Device::Cpu)?;
+        let got: Vec<f32> = quantized_linear(&input, &matrix)?
+            .flatten_all()?
+            .to_vec1()?;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * scale[i].max(1e-3),
+                "{ty:?} at {i}: {g} vs {w}"
+            );
+        }
+    }
+    Ok(())
+}
