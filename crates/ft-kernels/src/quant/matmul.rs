@@ -128,8 +128,10 @@ pub fn quantized_linear(x: &Tensor, w: &std::sync::Arc<QuantMatrix>) -> Result<T
 /// From this many activation rows (a prompt), the product dequantizes the weights tile by
 /// tile and runs candle's f32 gemm, as ggml does with a BLAS: gemm's register blocking beats
 /// per-row integer dot products once the unpacking is shared by enough rows (measured on
-/// SmolLM2, 512-token prefill on 2 threads: 216 tokens/s integer, ~380 f32 gemm).
-pub const GEMM_MIN_ROWS: usize = 32;
+/// SmolLM2, 512-token prefill on 2 threads: 216 tokens/s integer, 338 dequantize + gemm). Below
+/// it (decode batches of up to 32 rows) the integer kernels win: `ft serve` at 32 streams gave
+/// 124 tokens/s with the gemm path from 32 rows, 144 with it from 64.
+pub const GEMM_MIN_ROWS: usize = 64;
 
 /// Weight rows dequantized at once: ≤ 6 MiB of f32 at SmolLM2's widest input.
 const GEMM_TILE_ROWS: usize = 1024;
