@@ -158,7 +158,7 @@ fn matmul_matches_reference_for_model_shapes_and_batches() -> Result<()> {
         } else {
             (576, 1536)
         };
-        for batch in [1, 3, 16] {
+        for batch in [1, 3, 13, 16] {
             check_matmul(ty, narrow, wide, batch)?;
             check_matmul(ty, wide, narrow, batch)?;
         }

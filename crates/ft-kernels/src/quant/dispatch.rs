@@ -92,29 +92,29 @@ macro_rules! safe_kernel {
     }};
 }
 
-/// A four-row kernel: one weight row against four activation rows.
-pub type RowDot4 = fn(&[u8], &[XRow; 4]) -> [f32; 4];
+/// A multi-row kernel: one weight row against `N` activation rows.
+pub type RowDotN<const N: usize> = fn(&[u8], &[XRow; N]) -> [f32; N];
 
-macro_rules! safe_kernel4 {
+macro_rules! safe_kernel_rows {
     ($isa:ident, $name:ident) => {{
-        fn kernel(row: &[u8], x: &[XRow; 4]) -> [f32; 4] {
-            // SAFETY: as in `safe_kernel`; the four rows have the same width.
-            unsafe { super::x86::$isa::$name(row, x) }
+        fn kernel<const N: usize>(row: &[u8], x: &[XRow; N]) -> [f32; N] {
+            // SAFETY: as in `safe_kernel`; the rows have the same width.
+            unsafe { super::x86::$isa::$name::<N>(row, x) }
         }
-        Some(kernel as RowDot4)
+        Some(kernel::<N> as RowDotN<N>)
     }};
 }
 
-/// The four-row kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
-pub fn kernel4_for(isa: Isa, ty: QuantType) -> Option<RowDot4> {
+/// The `N`-row kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
+pub fn kernel_rows_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<RowDotN<N>> {
     macro_rules! table {
         ($isa:ident) => {
             match ty {
-                QuantType::Q4_0 => safe_kernel4!($isa, q4_0_x4),
-                QuantType::Q4_1 => safe_kernel4!($isa, q4_1_x4),
-                QuantType::Q5_0 => safe_kernel4!($isa, q5_0_x4),
-                QuantType::Q5_1 => safe_kernel4!($isa, q5_1_x4),
-                QuantType::Q8_0 => safe_kernel4!($isa, q8_0_x4),
+                QuantType::Q4_0 => safe_kernel_rows!($isa, q4_0_rows),
+                QuantType::Q4_1 => safe_kernel_rows!($isa, q4_1_rows),
+                QuantType::Q5_0 => safe_kernel_rows!($isa, q5_0_rows),
+                QuantType::Q5_1 => safe_kernel_rows!($isa, q5_1_rows),
+                QuantType::Q8_0 => safe_kernel_rows!($isa, q8_0_rows),
                 _ => None,
             }
         };

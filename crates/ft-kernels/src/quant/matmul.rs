@@ -6,7 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::activation::QuantizedRows;
-use super::dispatch::{isa, kernel4_for, kernel_for, Isa};
+use super::dispatch::{isa, kernel_for, kernel_rows_for, Isa};
 
 /// Activation rows per cache tile: a tile of 16-bit rows (64 · 1536 · 2 bytes = 192 KiB at
 /// the widest SmolLM2 input) stays in L2 while a task's weight rows pass over it.
@@ -60,7 +60,8 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
     let ty = w.quant_type();
     let xq = QuantizedRows::quantize(x, batch, cols, ty.block_len());
     let kernel = kernel_for(isa, ty);
-    let kernel4 = kernel4_for(isa, ty);
+    let kernel8 = kernel_rows_for::<8>(isa, ty);
+    let kernel4 = kernel_rows_for::<4>(isa, ty);
     let mut y = vec![0f32; batch * rows];
     let out = Output(y.as_mut_ptr());
     let chunk = rows_per_task(rows, batch);
@@ -72,6 +73,16 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
             for r in start..end {
                 let row = w.row(r);
                 let mut b = tile;
+                if let Some(kernel8) = kernel8 {
+                    while b + 8 <= tile_end {
+                        let group: [_; 8] = std::array::from_fn(|j| x_rows[b + j]);
+                        for (j, value) in kernel8(row, &group).into_iter().enumerate() {
+                            // SAFETY: r < rows, b + j < batch; each (b, r) has one writer.
+                            unsafe { out.write((b + j) * rows + r, value) };
+                        }
+                        b += 8;
+                    }
+                }
                 if let Some(kernel4) = kernel4 {
                     while b + 4 <= tile_end {
                         let group = [x_rows[b], x_rows[b + 1], x_rows[b + 2], x_rows[b + 3]];
