@@ -29,6 +29,12 @@ impl RopeTables {
         })
     }
 
+    /// `(cos, sin)` as host vectors, `(max_positions, head_dim/2)` row-major.
+    pub fn host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok((flat(&self.cos)?, flat(&self.sin)?))
+    }
+
     /// The number of positions the tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)

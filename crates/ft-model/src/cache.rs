@@ -63,6 +63,14 @@ impl LayerCache {
         Ok((buf_k.clone(), buf_v.clone()))
     }
 
+    /// The whole buffers, as [`LayerCache::append_to_buffers`] returned them last.
+    pub fn buffers(&self) -> Result<(Tensor, Tensor)> {
+        match &self.buffers {
+            Some((k, v)) => Ok((k.clone(), v.clone())),
+            None => candle_core::bail!("the KV cache is empty"),
+        }
+    }
+
     /// Cached sequence length.
     pub fn len(&self) -> usize {
         self.len
@@ -103,6 +111,11 @@ impl Cache {
     /// The cache of block `i`.
     pub fn layer(&mut self, i: usize) -> &mut LayerCache {
         &mut self.layers[i]
+    }
+
+    /// Every block's cache.
+    pub fn layers_mut(&mut self) -> &mut [LayerCache] {
+        &mut self.layers
     }
 
     /// Number of tokens cached.

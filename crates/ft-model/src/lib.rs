@@ -21,6 +21,7 @@ pub mod adapter_io;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fused_decode;
 pub mod generate;
 pub mod linear;
 pub mod loader;

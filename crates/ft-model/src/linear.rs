@@ -108,6 +108,16 @@ impl Linear {
         &self.path
     }
 
+    /// The frozen weight.
+    pub fn weight(&self) -> &Weight {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Whether the weight is dense (not quantized).
     pub fn is_dense(&self) -> bool {
         matches!(self.weight, Weight::Dense(_))

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
+use crate::fused_decode::{self, HostWeights, RowCaches};
 use crate::linear::{Linear, QuantizedWeights, Weight};
 use crate::lora::Lora;
 use ft_kernels::attention::decode_attention_tensors;
@@ -316,6 +317,21 @@ pub struct Block {
 }
 
 impl Block {
+    /// The attention.
+    pub fn attention(&self) -> &Attention {
+        &self.self_attn
+    }
+
+    /// The MLP.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// `(input_layernorm, post_attention_layernorm)` weights.
+    pub fn norms(&self) -> (&Tensor, &Tensor) {
+        (&self.input_layernorm, &self.post_attention_layernorm)
+    }
+
     /// Loads block `vb` (`model.layers.N`), taking the linears in `q` from there.
     pub fn load(vb: VarBuilder, cfg: &Config, path: &str, q: &QuantizedWeights) -> Result<Self> {
         let hidden = cfg.hidden_size;
@@ -353,6 +369,10 @@ pub struct Transformer {
     lm_head: Weight,
     rope: RopeTables,
     config: Config,
+    /// Built on the first decode step that can take the fused path.
+    host: std::sync::OnceLock<Option<std::sync::Arc<HostWeights>>>,
+    /// Whether decode steps may take the fused path (clones share the switch).
+    fused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Transformer {
@@ -392,12 +412,63 @@ impl Transformer {
             lm_head,
             rope,
             config: cfg.clone(),
+            host: std::sync::OnceLock::new(),
+            fused: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
     /// The configuration the model was built from.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.layers
+    }
+
+    /// The LM head's weight (the embedding when tied).
+    pub fn lm_head(&self) -> &Weight {
+        &self.lm_head
+    }
+
+    /// The final norm's weight.
+    pub fn final_norm(&self) -> &Tensor {
+        &self.norm
+    }
+
+    /// The RoPE tables.
+    pub fn rope_tables(&self) -> &RopeTables {
+        &self.rope
+    }
+
+    /// Lets decode steps of a fully quantized base without adapters take the fused path
+    /// ([`crate::fused_decode`]; on by default), or keeps them on the general one.
+    pub fn set_fused_decode(&self, enabled: bool) {
+        self.fused
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn fused_decode_enabled(&self) -> bool {
+        self.fused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Host copies for the fused decode step, when every frozen weight is quantized (CPU f32).
+    pub(crate) fn host_weights(&self) -> Option<&HostWeights> {
+        let build = || {
+            let cpu_f32 = self.device().is_cpu() && self.norm.dtype() == DType::F32;
+            if !cpu_f32 {
+                return None;
+            }
+            match HostWeights::build(self) {
+                Ok(host) => host.map(std::sync::Arc::new),
+                Err(e) => {
+                    tracing::warn!("fused decode unavailable: {e}");
+                    None
+                }
+            }
+        };
+        self.host.get_or_init(build).as_deref()
     }
 
     /// Rows `ids` of the token embedding matrix: `(ids.len(), hidden)`.
@@ -499,6 +570,16 @@ impl Transformer {
                 x.device(),
             )?)
         };
+        if bias.is_none() && matches!(lora, Lora::None) && fused_decode::usable(self) {
+            if let (Some(cache), Some(host)) = (cache.as_deref_mut(), self.host_weights()) {
+                let tokens: Vec<u32> = inputs.tokens.flatten_all()?.to_vec1()?;
+                let positions: Vec<u32> = inputs.positions.flatten_all()?.to_vec1()?;
+                let rows = RowCaches::Batch(cache.layers_mut(), &inputs.key_mask);
+                let out = fused_decode::decode_step(self, host, &tokens, &positions, rows)?;
+                let shape = (tokens.len(), 1, self.config.hidden_size);
+                return Tensor::from_vec(out, shape, self.device());
+            }
+        }
         for (i, block) in self.layers.iter().enumerate() {
             let cache = cache.as_deref_mut().map(|c| c.layer(i));
             let kv = KvSource::Batch {
@@ -532,6 +613,15 @@ impl Transformer {
             );
         }
         let device = self.device();
+        if matches!(lora, Lora::None) && fused_decode::usable(self) {
+            if let Some(host) = self.host_weights() {
+                let per_row =
+                    RowCaches::PerRow(caches.iter_mut().map(|c| c.layers_mut()).collect());
+                let out = fused_decode::decode_step(self, host, tokens, positions, per_row)?;
+                let hidden = Tensor::from_vec(out, (rows, self.config.hidden_size), device)?;
+                return self.logits(&hidden);
+            }
+        }
         let tokens = Tensor::from_slice(tokens, (rows, 1), device)?;
         let positions = Tensor::from_slice(positions, (rows, 1), device)?;
         let (mut x, cos, sin) = self.embed(&tokens, &positions)?;
