@@ -30,10 +30,13 @@ struct HostLayer {
     input_norm: Vec<f32>,
     post_norm: Vec<f32>,
     /// q, k, v, o, gate, up, down.
-    linears: [(Arc<QuantMatrix>, Option<Vec<f32>>); 7],
+    linears: [HostLinear; 7],
 }
 
-fn quantized(linear: &Linear) -> Result<Option<(Arc<QuantMatrix>, Option<Vec<f32>>)>> {
+/// A quantized linear and its bias, as the fused step reads them.
+type HostLinear = (Arc<QuantMatrix>, Option<Vec<f32>>);
+
+fn quantized(linear: &Linear) -> Result<Option<HostLinear>> {
     let Weight::Quantized(q) = linear.weight() else {
         return Ok(None);
     };
@@ -105,7 +108,7 @@ fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-fn linear(l: &(Arc<QuantMatrix>, Option<Vec<f32>>), x: &[f32], rows: usize) -> Result<Vec<f32>> {
+fn linear(l: &HostLinear, x: &[f32], rows: usize) -> Result<Vec<f32>> {
     let mut y = matmul(&l.0, x, rows)?;
     if let Some(bias) = &l.1 {
         for row in y.chunks_exact_mut(bias.len()) {

@@ -14,13 +14,15 @@ const X_TILE: usize = 64;
 use super::format::QuantMatrix;
 
 /// Output rows per task: small enough to balance two to sixteen threads, big enough that a
-/// task's overhead (about a microsecond) is noise next to its dot products.
+/// task's overhead (an atomic add and a call) is noise next to its dot products.
 fn rows_per_task(rows: usize, batch: usize) -> usize {
     let threads = crate::threads::num_threads().max(1);
-    let per_thread = rows.div_ceil(threads * 4);
-    // At least ~64k multiply-adds per task.
-    let min_rows = (65_536 / batch.max(1)).clamp(1, 256) / 8 + 1;
-    per_thread.max(min_rows).min(rows.max(1))
+    // A dozen tasks per thread: the region ends when its last task does, so small tasks
+    // keep the threads' finishing times close (claiming one is a single atomic add).
+    let per_task = rows.div_ceil(threads * 12);
+    // At least ~8k multiply-adds per task.
+    let min_rows = (256 / batch.max(1)).max(1);
+    per_task.max(min_rows).min(rows.max(1))
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
