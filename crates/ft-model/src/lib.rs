@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod fused_decode;
 pub mod generate;
+mod inputs;
 pub mod linear;
 pub mod loader;
 pub mod lora;
