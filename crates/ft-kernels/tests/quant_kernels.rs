@@ -213,3 +213,23 @@ fn gemm_path_for_long_prompts_matches_the_integer_reference() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn several_products_of_one_input_equal_each_alone() -> Result<()> {
+    use ft_kernels::quant::matmul_many_with;
+    let (q, _) = quantized(QuantType::Q4_1, 576, 576, 1)?;
+    let (k, _) = quantized(QuantType::Q4_1, 192, 576, 2)?;
+    let (v, _) = quantized(QuantType::Q4_1, 192, 576, 3)?;
+    for batch in [1, 9] {
+        let x = values(batch * 576, 4);
+        for isa in Isa::available() {
+            let together = matmul_many_with(isa, &[&q, &k, &v], &x, batch)?;
+            for (m, y) in [&q, &k, &v].into_iter().zip(&together) {
+                assert_eq!(y, &matmul_with(isa, m, &x, batch)?, "{isa:?} batch {batch}");
+            }
+        }
+    }
+    let (other, _) = quantized(QuantType::Q8_0, 192, 576, 5)?;
+    assert!(matmul_many_with(Isa::Scalar, &[&q, &other], &values(576, 1), 1).is_err());
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Storage, Tensor};
 use ft_kernels::attention::{decode_attention, DecodeShape};
-use ft_kernels::quant::{matmul, QuantMatrix};
+use ft_kernels::quant::{matmul_many, QuantMatrix};
 
 use crate::cache::LayerCache;
 use crate::linear::{Linear, Weight};
@@ -108,13 +108,31 @@ fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-fn linear(l: &HostLinear, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let mut y = matmul(&l.0, x, rows)?;
-    if let Some(bias) = &l.1 {
-        for row in y.chunks_exact_mut(bias.len()) {
-            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+/// The products of several linears with one input, in one parallel region when their
+/// weights share a block type (q/k/v, gate/up), biases added.
+fn linears<const N: usize>(ls: [&HostLinear; N], x: &[f32], rows: usize) -> Result<[Vec<f32>; N]> {
+    let same_type = ls.iter().all(|l| l.0.quant_type() == ls[0].0.quant_type());
+    let mut ys: Vec<Vec<f32>> = if same_type {
+        let ws: Vec<&QuantMatrix> = ls.iter().map(|l| l.0.as_ref()).collect();
+        matmul_many(&ws, x, rows)?
+    } else {
+        ls.iter()
+            .map(|l| matmul_many(&[l.0.as_ref()], x, rows).map(|mut y| y.remove(0)))
+            .collect::<Result<_>>()?
+    };
+    for (y, l) in ys.iter_mut().zip(ls) {
+        if let Some(bias) = &l.1 {
+            for row in y.chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
         }
     }
+    ys.try_into()
+        .map_err(|_| candle_core::Error::Msg("fused decode: product count".into()))
+}
+
+fn linear(l: &HostLinear, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let [y] = linears([l], x, rows)?;
     Ok(y)
 }
 
@@ -151,9 +169,7 @@ pub(crate) fn decode_step(
     for (l, layer) in host.layers.iter().enumerate() {
         let [q_proj, k_proj, v_proj, o_proj, gate, up, down] = &layer.linears;
         rms_norm(&x, &layer.input_norm, eps, &mut normed);
-        let mut q = linear(q_proj, &normed, rows)?;
-        let mut k = linear(k_proj, &normed, rows)?;
-        let v = linear(v_proj, &normed, rows)?;
+        let [mut q, mut k, v] = linears([q_proj, k_proj, v_proj], &normed, rows)?;
         for row in 0..rows {
             let p = positions[row] as usize;
             let (cos, sin) = (
@@ -231,8 +247,7 @@ pub(crate) fn decode_step(
         let o = linear(o_proj, &attn, rows)?;
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         rms_norm(&x, &layer.post_norm, eps, &mut normed);
-        let mut g = linear(gate, &normed, rows)?;
-        let u = linear(up, &normed, rows)?;
+        let [mut g, u] = linears([gate, up], &normed, rows)?;
         g.iter_mut()
             .zip(&u)
             .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);

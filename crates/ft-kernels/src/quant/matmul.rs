@@ -49,7 +49,25 @@ impl Output {
 
 /// `x: (batch, cols)` row-major → `(batch, rows)`, with the kernels of `isa`.
 pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
-    let (rows, cols) = (w.rows(), w.cols());
+    Ok(matmul_many_with(isa, &[w], x, batch)?.remove(0))
+}
+
+/// Several products of the same input (q/k/v, gate/up): the activations are quantized once
+/// and every matrix's rows are split over the threads in one parallel region. The weights
+/// must share their row length and block type. Each result equals [`matmul_with`]'s.
+pub fn matmul_many_with(
+    isa: Isa,
+    ws: &[&QuantMatrix],
+    x: &[f32],
+    batch: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let Some(first) = ws.first() else {
+        return Ok(Vec::new());
+    };
+    let (cols, ty) = (first.cols(), first.quant_type());
+    if ws.iter().any(|w| w.cols() != cols || w.quant_type() != ty) {
+        bail!("quantized matmul: the matrices of one product differ in width or block type");
+    }
     if x.len() != batch * cols {
         bail!(
             "quantized matmul: {} inputs for {batch} rows of {cols}",
@@ -59,20 +77,26 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
     if !crate::quant::Isa::available().contains(&isa) {
         bail!("quantized matmul: {isa:?} is not supported by this CPU");
     }
-    let ty = w.quant_type();
     let xq = QuantizedRows::quantize(x, batch, cols, ty.block_len());
     let kernel = kernel_for(isa, ty);
     let kernel8 = kernel_rows_for::<8>(isa, ty);
     let kernel4 = kernel_rows_for::<4>(isa, ty);
-    let mut y = vec![0f32; batch * rows];
-    let out = Output(y.as_mut_ptr());
-    let chunk = rows_per_task(rows, batch);
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; batch * w.rows()]).collect();
+    let outs: Vec<Output> = ys.iter_mut().map(|y| Output(y.as_mut_ptr())).collect();
     let x_rows: Vec<_> = (0..batch).map(|b| xq.row(b)).collect();
-    let task = |start: usize| {
-        let end = (start + chunk).min(rows);
+    // (matrix, first row, rows) of every task, over all the matrices.
+    let mut tasks = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let chunk = rows_per_task(w.rows(), batch);
+        for start in (0..w.rows()).step_by(chunk) {
+            tasks.push((i, start, chunk.min(w.rows() - start)));
+        }
+    }
+    let task = |(i, start, n): (usize, usize, usize)| {
+        let (w, out, rows) = (ws[i], outs[i], ws[i].rows());
         for tile in (0..batch).step_by(X_TILE) {
             let tile_end = (tile + X_TILE).min(batch);
-            for r in start..end {
+            for r in start..start + n {
                 let row = w.row(r);
                 let mut b = tile;
                 if let Some(kernel8) = kernel8 {
@@ -103,9 +127,13 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &[f32], batch: usize) -> Result
             }
         }
     };
-    let tasks = rows.div_ceil(chunk);
-    crate::threads::parallel_for(tasks, &|t| task(t * chunk));
-    Ok(y)
+    crate::threads::parallel_for(tasks.len(), &|t| task(tasks[t]));
+    Ok(ys)
+}
+
+/// [`matmul_many_with`] with the fastest kernels this CPU has.
+pub fn matmul_many(ws: &[&QuantMatrix], x: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+    matmul_many_with(isa(), ws, x, batch)
 }
 
 /// `x: (batch, cols)` → `(batch, rows)` with the fastest kernels this CPU has.

@@ -16,7 +16,10 @@ pub use activation::{QuantizedRows, XRow};
 pub use dispatch::{isa, Isa};
 pub use format::QuantMatrix;
 pub use format::QuantType;
-pub use matmul::{dequantized_gemm, matmul, matmul_with, quantized_linear, GEMM_MIN_ROWS};
+pub use matmul::{
+    dequantized_gemm, matmul, matmul_many, matmul_many_with, matmul_with, quantized_linear,
+    GEMM_MIN_ROWS,
+};
 
 /// `Σ w·x` of weight row `r` of `w` and activation row `xr` of `x`, with the kernel of `isa`.
 ///
