@@ -483,7 +483,7 @@ impl Scheduler {
 
 /// Most prompt tokens (padding included) in one prefill forward: bounds its memory and keeps a
 /// decode step from waiting behind a huge batch.
-const PREFILL_TOKEN_BUDGET: usize = 4096;
+const PREFILL_TOKEN_BUDGET: usize = 1024;
 
 /// Splits admitted requests into prefill groups: sorted by prompt length, so padding stays
 /// small, and each group within [`PREFILL_TOKEN_BUDGET`] padded tokens (a prompt longer than
