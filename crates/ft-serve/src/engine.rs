@@ -328,7 +328,8 @@ impl Scheduler {
         let model = &self.shared.model.model.transformer;
         let lens: Vec<usize> = requests.iter().map(|r| r.prompt_ids.len()).collect();
         let longest = lens.iter().copied().max().unwrap_or(0);
-        if longest == 0 {
+        if lens.contains(&0) {
+            // Requests are validated non-empty; never index before the first token.
             candle_core::bail!("prefill: an empty prompt");
         }
         let rows = requests.len();
