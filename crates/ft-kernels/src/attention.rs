@@ -79,20 +79,17 @@ pub fn decode_attention(
     // One task per KV head: its query heads read each key and value once. Short caches run
     // on the caller alone (a parallel region costs more than it saves there).
     let one_head = |g: usize| {
-        let mut scores = vec![f32::NEG_INFINITY; group * len];
-        // SAFETY: task `g` writes only query heads g·group .. (g + 1)·group of `out`.
-        let o = unsafe { out_ptr.heads(g * group * d, group * d) };
-        attend_group_dispatch(
-            &q[g * group * d..(g + 1) * group * d],
-            &k[g * capacity * d..],
-            &v[g * capacity * d..],
+        let kv = KvGroup {
+            queries: &q[g * group * d..(g + 1) * group * d],
+            keys: &k[g * capacity * d..],
+            values: &v[g * capacity * d..],
             mask,
             len,
-            d,
+            head_dim: d,
             scale,
-            &mut scores,
-            o,
-        );
+        };
+        // SAFETY: task `g` writes only query heads g·group .. (g + 1)·group of `out`.
+        attend_group_dispatch(&kv, unsafe { out_ptr.heads(g * group * d, group * d) });
     };
     if len * heads >= PARALLEL_MIN_WORK {
         crate::threads::parallel_for(kv_heads, &one_head);
@@ -120,61 +117,50 @@ impl OutPtr {
     }
 }
 
+/// The query heads that share one KV head, and what they attend over.
+struct KvGroup<'a> {
+    /// `(group, head_dim)`.
+    queries: &'a [f32],
+    /// `(len.., head_dim)` each.
+    keys: &'a [f32],
+    values: &'a [f32],
+    mask: Option<&'a [u8]>,
+    len: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
 /// [`attend_group`] compiled for AVX2 + FMA where the CPU has them (the default x86-64 target
 /// vectorizes its loops 4 wide, without FMA).
-#[allow(clippy::too_many_arguments)]
-fn attend_group_dispatch(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: Option<&[u8]>,
-    len: usize,
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_group_dispatch(kv: &KvGroup, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::quant::isa() != crate::quant::Isa::Scalar {
         // SAFETY: the dispatcher reports a SIMD instruction set only when AVX2 and FMA are there.
-        unsafe { attend_group_avx2(queries, keys, values, mask, len, d, scale, scores, out) };
+        unsafe { attend_group_avx2(kv, out) };
         return;
     }
-    attend_group(queries, keys, values, mask, len, d, scale, scores, out);
+    attend_group(kv, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_group_avx2(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: Option<&[u8]>,
-    len: usize,
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_group(queries, keys, values, mask, len, d, scale, scores, out);
+unsafe fn attend_group_avx2(kv: &KvGroup, out: &mut [f32]) {
+    attend_group(kv, out);
 }
 
-/// The query heads of one KV head: `queries: (group, d)`, `keys, values: (len.., d)` →
-/// `out: (group, d)`; `scores` is scratch of `group · len`, all −∞.
-#[allow(clippy::too_many_arguments)]
+/// Softmax attention of `kv`'s query heads → `out: (group, head_dim)`.
 #[inline(always)]
-fn attend_group(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: Option<&[u8]>,
-    len: usize,
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_group(kv: &KvGroup, out: &mut [f32]) {
+    let KvGroup {
+        queries,
+        keys,
+        values,
+        mask,
+        len,
+        head_dim: d,
+        scale,
+    } = *kv;
+    let mut scores = vec![f32::NEG_INFINITY; queries.len() / d * len];
     let group = queries.len() / d;
     let visible = |t: usize| mask.is_none_or(|m| m[t] != 0);
     // Scores of every query head in the group, reading each key once.
