@@ -5,10 +5,14 @@
 //! even for a frozen weight. This crate owns the replacements the model uses:
 //!
 //! - [`frozen_linear`]: `x·Wᵀ` for a frozen `W`; backward returns only `dX`.
-//! - [`rms_norm`], [`rope`], [`masked_cross_entropy`]: composed from differentiable primitives.
+//! - [`rms_norm`], [`rope`], [`swiglu`], [`attention`], [`lm_head_nll`]: in training on the
+//!   CPU, fused ops whose backward is written by hand and keeps only what it needs (no
+//!   gradient for frozen weights or constant tables, no softmax intermediates, no logits).
+//!   [`backward_path::with_composed`] switches them back to the composition of candle
+//!   primitives that candle's autograd differentiates: the reference they are tested against.
 //!
-//! Each op picks candle's fused kernel when no gradient flows (inference), and the
-//! differentiable composition otherwise, so training and serving share one model.
+//! Each op picks candle's fused kernel when no gradient flows (inference), so training and
+//! serving share one model.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -20,15 +24,25 @@
 //! ```
 
 pub mod attention;
+pub mod backward_path;
 mod frozen_linear;
+mod host;
+mod lm_head_loss;
 mod loss;
 mod norm;
 pub mod quant;
 mod rope;
+mod sequence_attention;
 pub mod spin_pool;
+mod swiglu;
+#[cfg(test)]
+mod testing;
 pub mod threads;
 
 pub use frozen_linear::{frozen_linear, set_naive_frozen_linear};
+pub use lm_head_loss::lm_head_nll;
 pub use loss::masked_cross_entropy;
-pub use norm::rms_norm;
-pub use rope::{rope, RopeTables};
+pub use norm::{rms_norm, rms_norm_composed};
+pub use rope::{rope, rope_composed, RopeTables};
+pub use sequence_attention::{attention, attention_composed};
+pub use swiglu::{swiglu, swiglu_composed};

@@ -1,6 +1,9 @@
 //! Rotary position embeddings (HF's non-interleaved "rotate half" form) with a working backward.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::host::{f32_slice, fused_backward_applies, with_f32};
 
 /// Precomputed `cos` and `sin` for every position up to a maximum, `(max_positions, head_dim/2)`.
 #[derive(Debug, Clone)]
@@ -60,8 +63,9 @@ impl RopeTables {
 /// Rotates `x` (`(batch, heads, seq, head_dim)`) by the angles in `cos`/`sin`
 /// (`(batch, seq, head_dim/2)`): `x·cos + rotate_half(x)·sin` with the halves duplicated, as HF.
 ///
-/// Uses candle's fused kernel when no gradient flows (it has no backward), and differentiable
-/// primitives otherwise.
+/// With no gradient, candle's fused kernel. With one on the CPU, a fused op whose backward
+/// rotates the gradient back by `-θ` and keeps nothing. Elsewhere (another device, or
+/// [`crate::backward_path::with_composed`]) differentiable primitives.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return candle_nn::rotary_emb::rope(
@@ -70,6 +74,18 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             &sin.contiguous()?,
         );
     }
+    if fused_backward_applies(x) && !crate::backward_path::composed() {
+        return x.contiguous()?.apply_op1(Rope {
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
+            inverse: false,
+        });
+    }
+    rope_composed(x, cos, sin)
+}
+
+/// The composition candle's autograd differentiates: the reference for the fused op.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let head_dim = x.dim(D::Minus1)?;
     let half = head_dim / 2;
     // (batch, 1, seq, head_dim): the halves duplicated, broadcast over heads.
@@ -79,6 +95,68 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// The rotation by `θ` (or by `-θ`, `inverse`: the backward, since the rotation is orthogonal).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    inverse: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "ft-rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let (batch, heads, seq, head_dim) = layout.shape().dims4()?;
+        let half = head_dim / 2;
+        if self.cos.dims() != [batch, seq, half] || self.sin.dims() != [batch, seq, half] {
+            candle_core::bail!(
+                "rope: tables {:?} for input {:?}",
+                self.cos.dims(),
+                layout.shape()
+            );
+        }
+        let sign = if self.inverse { -1f32 } else { 1f32 };
+        let mut out = vec![0f32; x.len()];
+        with_f32(&self.cos, self.name(), |cos| {
+            with_f32(&self.sin, self.name(), |sin| {
+                // One task per (batch, head): `seq · head_dim` elements.
+                out.par_chunks_mut(seq * head_dim)
+                    .zip(x.par_chunks(seq * head_dim))
+                    .enumerate()
+                    .for_each(|(task, (out, x))| {
+                        let b = task / heads.max(1);
+                        let rows = out.chunks_mut(head_dim).zip(x.chunks(head_dim));
+                        for (t, (out, x)) in rows.enumerate() {
+                            let at = (b * seq + t) * half;
+                            let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+                            let (x1, x2) = x.split_at(half);
+                            let (o1, o2) = out.split_at_mut(half);
+                            for i in 0..half {
+                                let s = sign * s[i];
+                                o1[i] = x1[i] * c[i] + (-x2[i]) * s;
+                                o2[i] = x2[i] * c[i] + x1[i] * s;
+                            }
+                        }
+                    });
+                Ok(())
+            })
+        })?;
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
+        let back = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        Ok(Some(grad_y.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
 }
 
 #[cfg(test)]
@@ -96,12 +174,14 @@ mod tests {
         let positions = Tensor::new(&[[0u32, 1, 2], [5, 6, 7]], &device)?;
         let (cos, sin) = tables.gather(&positions)?;
         let x = Var::randn(0f32, 1., (2, 3, 3, 8), &device)?;
-        let composed = rope(x.as_tensor(), &cos, &sin)?;
-        let fused = rope(&x.as_tensor().detach(), &cos, &sin)?;
-        let diff = (&composed - &fused)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "fused and composed differ by {diff}");
-        let grads = composed.sqr()?.sum_all()?.backward()?;
-        assert!(grads.get(x.as_tensor()).is_some());
-        Ok(())
+        let composed = rope_composed(x.as_tensor(), &cos, &sin)?;
+        let inference = rope(&x.as_tensor().detach(), &cos, &sin)?;
+        let fused = rope(x.as_tensor(), &cos, &sin)?;
+        crate::testing::assert_close(&inference, &composed, 1e-6)?;
+        crate::testing::assert_close(&fused, &composed, 1e-6)?;
+        let upstream = Tensor::randn(0f32, 1., (2, 3, 3, 8), &device)?;
+        let g_fused = crate::testing::grad_of(&fused, &upstream, x.as_tensor())?;
+        let g_composed = crate::testing::grad_of(&composed, &upstream, x.as_tensor())?;
+        crate::testing::assert_close(&g_fused, &g_composed, 1e-6)
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::{DType, Result, Tensor};
 use ft_data::Batch;
 
+use crate::linear::Weight;
 use crate::lora::LoraAdapter;
 use crate::model::{Inputs, Transformer};
 
@@ -59,15 +60,25 @@ pub fn causal_lm_loss(
         candle_core::bail!("the batch has no label tokens");
     }
     let index = Tensor::from_vec(positions.clone(), num_labels, device)?;
-    let logits = model.logits(&predicting.index_select(&index, 0)?)?; // (labels, vocab)
-    let targets = inputs
+    let targets: Vec<u32> = inputs
         .tokens
         .narrow(1, 1, width - 1)?
         .flatten_all()?
-        .index_select(&index, 0)?;
-    let ones = Tensor::ones(num_labels, DType::F32, device)?;
-    let (mean, nll) = ft_kernels::masked_cross_entropy(&logits, &targets, &ones)?;
+        .index_select(&index, 0)?
+        .to_vec1()?;
+    let predicting = predicting.index_select(&index, 0)?; // (labels, hidden)
+    let nll = match model.lm_head() {
+        // The LM head and the cross-entropy in one op: no (labels, vocab) buffer kept.
+        Weight::Dense(w) => ft_kernels::lm_head_nll(&predicting, w, &targets)?,
+        Weight::Quantized(_) => {
+            let logits = model.logits(&predicting)?; // (labels, vocab)
+            let targets = Tensor::from_vec(targets, num_labels, device)?;
+            let ones = Tensor::ones(num_labels, DType::F32, device)?;
+            ft_kernels::masked_cross_entropy(&logits, &targets, &ones)?.1
+        }
+    };
     let sum = nll.sum_all()?;
+    let mean = (&sum / num_labels as f64)?;
     let mut per_token = vec![0f32; rows * (width - 1)];
     for (&p, v) in positions.iter().zip(nll.detach().to_vec1::<f32>()?) {
         per_token[p as usize] = v;

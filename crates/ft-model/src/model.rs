@@ -1,7 +1,7 @@
 //! The llama-family transformer: one implementation for training (full sequences, gradients
 //! into LoRA) and for decoding (KV cache, batched rows of different lengths).
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::cache::{Cache, LayerCache};
@@ -13,16 +13,6 @@ use crate::linear::{Linear, QuantizedWeights, Weight};
 use crate::lora::Lora;
 use ft_kernels::attention::decode_attention_tensors;
 use ft_kernels::{rms_norm, rope, RopeTables};
-
-/// Softmax over the last dimension: candle's fused kernel when no gradient flows, the
-/// differentiable composition otherwise.
-fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
 
 /// Grouped-query self-attention with RoPE.
 #[derive(Debug, Clone)]
@@ -115,7 +105,7 @@ impl Attention {
                     Some(cache) => cache.append(&k, &v)?,
                     None => (k, v),
                 }; // (b, kvh, total, d)
-                self.attend(&q, &k, &v, Some(bias))?
+                ft_kernels::attention(&q, &k, &v, Some(bias))?
             }
             KvSource::Batch { bias: None, .. } => {
                 candle_core::bail!("attention without a bias needs one new token and a cache")
@@ -140,7 +130,7 @@ impl Attention {
                             decode_attention_tensors(&q_row, &k_buf, &v_buf, 0, cache.len(), None)
                         } else {
                             let (k, v) = cache.append(&k_row, &v_row)?;
-                            self.attend(&q_row, &k, &v, None)
+                            ft_kernels::attention(&q_row, &k, &v, None)
                         }
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -149,26 +139,6 @@ impl Attention {
         }; // (b, h, t, d)
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&out, lora)
-    }
-
-    /// Scaled dot-product attention of `q: (b, heads, t, d)` over `k, v: (b, kv_heads, total, d)`,
-    /// with an additive `bias: (b, 1, 1, t, total)` (none: every key is visible) → `(b, heads, t, d)`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (b, h, t, d) = q.dims4()?;
-        let (kvh, total) = (k.dim(1)?, k.dim(2)?);
-        // Group the query heads that share a kv head instead of copying k/v per query head.
-        let n_rep = h / kvh;
-        let q = q.reshape((b, kvh, n_rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (b, kvh, n_rep*t, total)
-        let scores = match bias {
-            Some(bias) => scores
-                .reshape((b, kvh, n_rep, t, total))?
-                .broadcast_add(bias)?
-                .reshape((b, kvh, n_rep * t, total))?,
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        probs.matmul(v)?.reshape((b, h, t, d))
     }
 }
 
@@ -223,9 +193,10 @@ impl Mlp {
 
     /// `x: (batch, seq, hidden)` → `(batch, seq, hidden)`.
     pub fn forward(&self, x: &Tensor, lora: Lora) -> Result<Tensor> {
-        let gate = candle_nn::Activation::Silu.forward(&self.gate_proj.forward(x, lora)?)?;
+        let gate = self.gate_proj.forward(x, lora)?;
         let up = self.up_proj.forward(x, lora)?;
-        self.down_proj.forward(&(gate * up)?, lora)
+        self.down_proj
+            .forward(&ft_kernels::swiglu(&gate, &up)?, lora)
     }
 }
 

@@ -1,0 +1,154 @@
+//! The LM head and the cross-entropy as one op: per-token NLL of `targets` under
+//! `hidden·Wᵀ`, without keeping a `(tokens, vocab)` buffer for backward.
+//!
+//! With a 49k vocabulary the logits of a batch's label tokens, their log-softmax and its
+//! gradient are the largest buffers of a training step. Each token's NLL depends on its own
+//! hidden state only, so its gradient is `(softmax − onehot)·W` times the upstream gradient of
+//! that NLL (a scalar per token). The forward computes those `(tokens, hidden)` rows chunk by
+//! chunk (as Liger's fused linear cross-entropy does) and the backward only scales them.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::host::{fused_backward_applies, with_f32};
+
+/// Tokens whose logits are materialised at once: 128 × 49k × 4 bytes = 25 MB.
+const CHUNK_TOKENS: usize = 128;
+
+/// Per-token NLL `(n)` of `targets` under the logits `hidden·weightᵀ`.
+///
+/// With a gradient on the CPU, the fused op above; otherwise (inference, another device,
+/// [`crate::backward_path::with_composed`]) the frozen linear and
+/// [`crate::masked_cross_entropy`], whose autograd keeps the logits.
+///
+/// # Shapes
+/// `hidden: (n, hidden)`, `weight: (vocab, hidden)` frozen, `targets: n` ids → `(n)`.
+pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, _) = hidden.dims2()?;
+    let vocab = weight.dim(0)?;
+    if targets.len() != n {
+        candle_core::bail!("lm-head loss: {n} hidden states, {} targets", targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("lm-head loss: target {bad} is outside the vocabulary of {vocab}");
+    }
+    if !fused_backward_applies(hidden) || crate::backward_path::composed() {
+        let logits = crate::frozen_linear(hidden, weight)?;
+        let targets = Tensor::from_slice(targets, n, hidden.device())?;
+        let ones = Tensor::ones(n, DType::F32, hidden.device())?;
+        return Ok(crate::masked_cross_entropy(&logits, &targets, &ones)?.1);
+    }
+    let frozen = hidden.detach().contiguous()?;
+    let mut nll = Vec::with_capacity(n);
+    let mut d_hidden = Vec::new();
+    for start in (0..n).step_by(CHUNK_TOKENS) {
+        let len = CHUNK_TOKENS.min(n - start);
+        let logits = frozen.narrow(0, start, len)?.matmul(&weight.t()?)?; // (len, vocab)
+        let chunk_targets = &targets[start..start + len];
+        let (chunk_nll, d_logits) = softmax_minus_onehot(&logits, chunk_targets, vocab)?;
+        nll.extend(chunk_nll);
+        let d_logits = Tensor::from_vec(d_logits, (len, vocab), hidden.device())?;
+        d_hidden.push(d_logits.matmul(weight)?);
+    }
+    let op = LmHeadNll {
+        nll: Mutex::new(Some(nll)),
+        d_hidden: Tensor::cat(&d_hidden, 0)?,
+    };
+    hidden.contiguous()?.apply_op1(op)
+}
+
+/// Per row of `logits`: its NLL of `targets[row]`, and `softmax(row) − onehot(target)`.
+fn softmax_minus_onehot(
+    logits: &Tensor,
+    targets: &[u32],
+    vocab: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    with_f32(logits, "lm-head loss", |logits| {
+        let mut grad = vec![0f32; logits.len()];
+        let nll = grad
+            .par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .map(|((grad, row), &target)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f64;
+                for (g, &l) in grad.iter_mut().zip(row) {
+                    let e = (l - max).exp();
+                    *g = e;
+                    sum += e as f64;
+                }
+                let log_sum = sum.ln() as f32;
+                let inv = (1.0 / sum) as f32;
+                for g in grad.iter_mut() {
+                    *g *= inv;
+                }
+                grad[target as usize] -= 1.0;
+                max + log_sum - row[target as usize]
+            })
+            .collect();
+        Ok((nll, grad))
+    })
+}
+
+struct LmHeadNll {
+    nll: Mutex<Option<Vec<f32>>>,
+    /// `(softmax − onehot)·W` per token: the gradient of its NLL with respect to its hidden state.
+    d_hidden: Tensor,
+}
+
+impl CustomOp1 for LmHeadNll {
+    fn name(&self) -> &'static str {
+        "ft-lm-head-nll"
+    }
+
+    fn cpu_fwd(&self, _hidden: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let nll = self.nll.lock().ok().and_then(|mut nll| nll.take());
+        let Some(nll) = nll else {
+            candle_core::bail!("lm-head loss: the op ran twice");
+        };
+        let (n, _) = layout.shape().dims2()?;
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(&self, _hidden: &Tensor, _nll: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            self.d_hidden.broadcast_mul(&grad.detach().unsqueeze(1)?)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_of};
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_nll_and_gradient_equal_autograd_of_the_composition() -> Result<()> {
+        let device = Device::Cpu;
+        // More tokens than one chunk, and a chunk that is not full.
+        let (n, hidden, vocab) = (CHUNK_TOKENS + 37, 48, 1003);
+        let h = Var::randn(0f32, 1., (n, hidden), &device)?;
+        let w = Tensor::randn(0f32, 0.5, (vocab, hidden), &device)?;
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % vocab) as u32).collect();
+        let upstream = Tensor::randn(0f32, 1., n, &device)?;
+        let fused = lm_head_nll(h.as_tensor(), &w, &targets)?;
+        let composed =
+            crate::backward_path::with_composed(|| lm_head_nll(h.as_tensor(), &w, &targets))?;
+        assert_close(&fused, &composed, 1e-5)?;
+        let g_fused = grad_of(&fused, &upstream, h.as_tensor())?;
+        let g_composed = grad_of(&composed, &upstream, h.as_tensor())?;
+        assert_close(&g_fused, &g_composed, 1e-5)
+    }
+
+    #[test]
+    fn a_target_outside_the_vocabulary_is_an_error() -> Result<()> {
+        let device = Device::Cpu;
+        let h = Var::randn(0f32, 1., (2, 4), &device)?;
+        let w = Tensor::randn(0f32, 1., (5, 4), &device)?;
+        assert!(lm_head_nll(h.as_tensor(), &w, &[1, 5]).is_err());
+        Ok(())
+    }
+}

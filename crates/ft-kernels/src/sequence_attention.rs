@@ -1,0 +1,197 @@
+//! Grouped-query attention over whole sequences (training, prompt processing), with a
+//! hand-written backward that recomputes the probabilities instead of keeping them.
+//!
+//! candle's autograd of the composed attention keeps every `(heads, seq, seq)` intermediate
+//! of every layer until backward: the scores, the biased scores and each step of the
+//! differentiable softmax. For batch 4 × 400 tokens that is ~160 MB per layer. The fused op
+//! keeps only `q`, `k`, `v` and the output (which the graph holds anyway) and recomputes the
+//! probabilities in backward: one more `q·kᵀ`, a few percent of a step.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
+
+use crate::host::fused_backward_applies;
+
+/// Softmax over the last dimension: candle's fused kernel when no gradient flows, the
+/// differentiable composition otherwise.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// Scaled dot-product attention of `q: (b, heads, t, d)` over `k, v: (b, kv_heads, total, d)`,
+/// with an additive `bias: (b, 1, 1, t, total)` (none: every key is visible) → `(b, heads, t, d)`.
+///
+/// Query heads that share a kv head are grouped instead of copying k/v per query head. With a
+/// gradient on the CPU (and not [`crate::backward_path::with_composed`]), the fused op.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    let cpu_f32 = [q, k, v].iter().any(|t| fused_backward_applies(t));
+    if tracked && cpu_f32 && !crate::backward_path::composed() {
+        let out = attention_composed(&q.detach(), &k.detach(), &v.detach(), bias)?;
+        let op = AttentionWithBackward {
+            out: Mutex::new(Some(out)),
+            bias: bias.cloned(),
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    attention_composed(q, k, v, bias)
+}
+
+/// The probabilities `softmax(q·kᵀ/√d + bias)` with the query heads grouped by kv head:
+/// `q: (b, kv_heads, n_rep·t, d)` → `(b, kv_heads, n_rep·t, total)`.
+fn probabilities(
+    grouped_q: &Tensor,
+    k: &Tensor,
+    bias: Option<&Tensor>,
+    t: usize,
+) -> Result<Tensor> {
+    let (b, kvh, rows, d) = grouped_q.dims4()?;
+    let total = k.dim(2)?;
+    let n_rep = rows / t.max(1);
+    let scores = (grouped_q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = match bias {
+        Some(bias) => scores
+            .reshape((b, kvh, n_rep, t, total))?
+            .broadcast_add(bias)?
+            .reshape((b, kvh, rows, total))?,
+        None => scores,
+    };
+    softmax_last_dim(&scores)
+}
+
+/// The composition of candle ops: inference's path, and the reference for the fused op.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    if kvh == 0 || h % kvh != 0 {
+        candle_core::bail!("attention: {h} query heads over {kvh} kv heads");
+    }
+    let q = q.reshape((b, kvh, (h / kvh) * t, d))?;
+    let probs = probabilities(&q, k, bias, t)?;
+    probs.matmul(v)?.reshape((b, h, t, d))
+}
+
+/// The output computed by [`attention_composed`] outside the graph, handed to the graph once,
+/// with the backward below.
+struct AttentionWithBackward {
+    out: Mutex<Option<Tensor>>,
+    bias: Option<Tensor>,
+}
+
+impl CustomOp3 for AttentionWithBackward {
+    fn name(&self) -> &'static str {
+        "ft-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _q: &CpuStorage,
+        _q_layout: &Layout,
+        _k: &CpuStorage,
+        _k_layout: &Layout,
+        _v: &CpuStorage,
+        _v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self.out.lock().ok().and_then(|mut out| out.take());
+        let Some(out) = out else {
+            candle_core::bail!("attention: the op ran twice");
+        };
+        let out = out.contiguous()?;
+        let (storage, layout) = out.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("attention: the output is not on the CPU");
+        };
+        let data = crate::host::f32_slice(cpu, layout, self.name())?;
+        Ok((CpuStorage::F32(data.to_vec()), out.shape().clone()))
+    }
+
+    /// With `P` the probabilities and `dO` the output's gradient (per kv-head group):
+    /// `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = dS·K/√d`, `dK = dSᵀ·Q/√d`.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, out, grad) = (
+            q.detach(),
+            k.detach(),
+            v.detach(),
+            out.detach(),
+            grad.detach(),
+        );
+        let (b, h, t, d) = q.dims4()?;
+        let kvh = k.dim(1)?;
+        let grouped = (b, kvh, (h / kvh) * t, d);
+        let q = q.reshape(grouped)?;
+        let probs = probabilities(&q, &k, self.bias.as_ref(), t)?;
+        let d_out = grad.contiguous()?.reshape(grouped)?;
+        let out = out.reshape(grouped)?;
+        let d_v = probs.t()?.matmul(&d_out)?;
+        let d_probs = d_out.matmul(&v.t()?)?;
+        let row_dot = (&d_out * &out)?.sum_keepdim(D::Minus1)?;
+        let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let d_q = (d_scores.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
+        let d_k = (d_scores.t()?.matmul(&q)? * scale)?;
+        Ok((Some(d_q), Some(d_k), Some(d_v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_of};
+    use candle_core::{Device, Var};
+
+    /// A causal bias with the last `padding` keys of row 1 masked.
+    fn causal_bias(b: usize, t: usize, padding: usize, device: &Device) -> Result<Tensor> {
+        let mut bias = vec![0f32; b * t * t];
+        for row in 0..b {
+            for query in 0..t {
+                for key in 0..t {
+                    if key > query || (row == 1 && key >= t - padding) {
+                        bias[(row * t + query) * t + key] = -1e30;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(bias, (b, 1, 1, t, t), device)
+    }
+
+    #[test]
+    fn fused_gradients_equal_autograd_of_the_composition() -> Result<()> {
+        let device = Device::Cpu;
+        // SmolLM2's grouping (9 query heads over 3 kv heads), 64-wide heads, padding in row 1.
+        let (b, h, kvh, t, d) = (2, 9, 3, 13, 64);
+        let q = Var::randn(0f32, 1., (b, h, t, d), &device)?;
+        let k = Var::randn(0f32, 1., (b, kvh, t, d), &device)?;
+        let v = Var::randn(0f32, 1., (b, kvh, t, d), &device)?;
+        let bias = causal_bias(b, t, 4, &device)?;
+        let upstream = Tensor::randn(0f32, 1., (b, h, t, d), &device)?;
+        let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let fused = attention(q, k, v, Some(&bias))?;
+        let composed = crate::backward_path::with_composed(|| attention(q, k, v, Some(&bias)))?;
+        assert_close(&fused, &composed, 1e-5)?;
+        for input in [q, k, v] {
+            let g_fused = grad_of(&fused, &upstream, input)?;
+            let g_composed = grad_of(&composed, &upstream, input)?;
+            assert_close(&g_fused, &g_composed, 1e-5)?;
+        }
+        Ok(())
+    }
+}
