@@ -97,6 +97,21 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
+/// The gradient of [`rope`] given `dy`: the rotation by `-θ` (the rotation is orthogonal).
+/// A fused kernel on the CPU, candle's rope with `-sin` elsewhere.
+pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dy = dy.detach().contiguous()?;
+    if dy.device().is_cpu() && dy.dtype() == DType::F32 {
+        let back = Rope {
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
+            inverse: true,
+        };
+        return dy.apply_op1_no_bwd(&back);
+    }
+    candle_nn::rotary_emb::rope(&dy, &cos.contiguous()?, &sin.neg()?.contiguous()?)
+}
+
 /// The rotation by `θ` (or by `-θ`, `inverse`: the backward, since the rotation is orthogonal).
 struct Rope {
     cos: Tensor,
@@ -150,12 +165,7 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
-        let back = Rope {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
-            inverse: !self.inverse,
-        };
-        Ok(Some(grad_y.contiguous()?.apply_op1_no_bwd(&back)?))
+        Ok(Some(rope_backward(grad_y, &self.cos, &self.sin)?))
     }
 }
 

@@ -83,6 +83,42 @@ pub fn attention_composed(
     probs.matmul(v)?.reshape((b, h, t, d))
 }
 
+/// The gradients of [`attention`] with respect to `q`, `k` and `v`, given the output `out` and
+/// its gradient `grad`; the probabilities are recomputed. With `P` the probabilities (per kv-head
+/// group): `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = dS·K/√d`, `dK = dSᵀ·Q/√d`.
+/// candle ops only: the same code on every device.
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    grad: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (q, k, v, out, grad) = (
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        out.detach(),
+        grad.detach(),
+    );
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let grouped = (b, kvh, (h / kvh) * t, d);
+    let q = q.reshape(grouped)?;
+    let probs = probabilities(&q, &k, bias, t)?;
+    let d_out = grad.contiguous()?.reshape(grouped)?;
+    let out = out.reshape(grouped)?;
+    let d_v = probs.t()?.matmul(&d_out)?;
+    let d_probs = d_out.matmul(&v.t()?)?;
+    let row_dot = (&d_out * &out)?.sum_keepdim(D::Minus1)?;
+    let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let d_q = (d_scores.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
+    let d_k = (d_scores.t()?.matmul(&q)? * scale)?;
+    Ok((d_q, d_k, d_v))
+}
+
 /// The output computed by [`attention_composed`] outside the graph, handed to the graph once,
 /// with the backward below.
 struct AttentionWithBackward {
@@ -117,8 +153,6 @@ impl CustomOp3 for AttentionWithBackward {
         Ok((CpuStorage::F32(data.to_vec()), out.shape().clone()))
     }
 
-    /// With `P` the probabilities and `dO` the output's gradient (per kv-head group):
-    /// `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = dS·K/√d`, `dK = dSᵀ·Q/√d`.
     fn bwd(
         &self,
         q: &Tensor,
@@ -127,27 +161,7 @@ impl CustomOp3 for AttentionWithBackward {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, out, grad) = (
-            q.detach(),
-            k.detach(),
-            v.detach(),
-            out.detach(),
-            grad.detach(),
-        );
-        let (b, h, t, d) = q.dims4()?;
-        let kvh = k.dim(1)?;
-        let grouped = (b, kvh, (h / kvh) * t, d);
-        let q = q.reshape(grouped)?;
-        let probs = probabilities(&q, &k, self.bias.as_ref(), t)?;
-        let d_out = grad.contiguous()?.reshape(grouped)?;
-        let out = out.reshape(grouped)?;
-        let d_v = probs.t()?.matmul(&d_out)?;
-        let d_probs = d_out.matmul(&v.t()?)?;
-        let row_dot = (&d_out * &out)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let d_q = (d_scores.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
-        let d_k = (d_scores.t()?.matmul(&q)? * scale)?;
+        let (d_q, d_k, d_v) = attention_backward(q, k, v, out, grad, self.bias.as_ref())?;
         Ok((Some(d_q), Some(d_k), Some(d_v)))
     }
 }

@@ -34,6 +34,24 @@ pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     candle_nn::Activation::Silu.forward(gate)? * up
 }
 
+/// The gradients of [`swiglu`] with respect to `gate` and `up`, given `dy`:
+/// `d_gate = dy·up·σ(g)·(1 + g·(1 − σ(g)))`, `d_up = dy·silu(g)`. One fused pass on the CPU,
+/// candle ops elsewhere.
+pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (gate, up, dy) = (gate.detach(), up.detach(), dy.detach());
+    if gate.device().is_cpu() && gate.dtype() == candle_core::DType::F32 {
+        // Both gradients from one pass, stacked as (2, n).
+        let (gate, up, dy) = (gate.contiguous()?, up.contiguous()?, dy.contiguous()?);
+        let both = gate.apply_op3_no_bwd(&up, &dy, &SwiGluBackward)?;
+        let shape = gate.shape();
+        return Ok((both.get(0)?.reshape(shape)?, both.get(1)?.reshape(shape)?));
+    }
+    let sig = candle_nn::ops::sigmoid(&gate)?;
+    let silu = (&gate * &sig)?;
+    let d_silu = (&sig * ((&gate * (1.0 - &sig)?)? + 1.0)?)?;
+    Ok((((&dy * &up)? * d_silu)?, (&dy * silu)?))
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -81,11 +99,7 @@ impl CustomOp2 for SwiGlu {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // Both gradients from one pass, stacked as (2, n).
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluBackward)?;
-        let shape = gate.shape();
-        let d_gate = both.get(0)?.reshape(shape)?;
-        let d_up = both.get(1)?.reshape(shape)?;
+        let (d_gate, d_up) = swiglu_backward(gate, up, grad)?;
         Ok((Some(d_gate), Some(d_up)))
     }
 }

@@ -18,7 +18,8 @@
 //! ```
 
 pub mod adapter_io;
-pub mod cache;
+mod block_backward;
+mod cache;
 pub mod config;
 pub mod error;
 pub mod fused_decode;

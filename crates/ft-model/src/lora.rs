@@ -107,8 +107,8 @@ impl LoraDropout {
         self.seed.lock().map(|s| *s).unwrap_or(None)
     }
 
-    /// `x` with elements zeroed with probability `p` and the rest scaled by `1/(1-p)`.
-    fn apply(&self, x: &Tensor, seed: u64, module: u64) -> Result<Tensor> {
+    /// The mask `x` is multiplied by: 0 with probability `p`, else `1/(1-p)`.
+    fn mask(&self, x: &Tensor, seed: u64, module: u64) -> Result<Tensor> {
         let mut rng = StdRng::seed_from_u64(
             seed ^ module.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -117,10 +117,9 @@ impl LoraDropout {
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
             .to_dtype(x.dtype())?
-            .to_device(x.device())?;
-        x.mul(&mask)
+            .to_device(x.device())
     }
 }
 
@@ -138,17 +137,26 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
+    /// The dropout mask for the input `x` of this step (`None` when dropout is off): the same
+    /// mask every time it is asked for within a step, so a backward can rebuild it.
+    pub fn dropout_mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.dropout {
+            Some((dropout, index)) => match dropout.current_seed() {
+                Some(seed) => Ok(Some(dropout.mask(x, seed, *index)?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// `scale · dropout(x)·Aᵀ·Bᵀ` for `x: (.., in)` → `(.., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dropped;
-        let x = match &self.dropout {
-            Some((dropout, index)) => match dropout.current_seed() {
-                Some(seed) => {
-                    dropped = dropout.apply(x, seed, *index)?;
-                    &dropped
-                }
-                None => x,
-            },
+        let x = match self.dropout_mask(x)? {
+            Some(mask) => {
+                dropped = x.mul(&mask)?;
+                &dropped
+            }
             None => x,
         };
         let a = self.a.to_dtype(x.dtype())?;

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::block_backward;
 use crate::cache::{Cache, LayerCache};
 use crate::config::Config;
 use crate::fused_decode::{self, HostWeights, RowCaches};
@@ -44,6 +45,11 @@ impl Attention {
             num_kv_heads: kv,
             head_dim: d,
         })
+    }
+
+    /// `(query heads, kv heads, head dim)`.
+    pub fn heads(&self) -> (usize, usize, usize) {
+        (self.num_heads, self.num_kv_heads, self.head_dim)
     }
 
     /// The four projections, for LoRA targeting.
@@ -221,6 +227,11 @@ impl Block {
         &self.mlp
     }
 
+    /// The RMSNorm epsilon.
+    pub fn rms_norm_eps(&self) -> f64 {
+        self.rms_norm_eps
+    }
+
     /// `(input_layernorm, post_attention_layernorm)` weights.
     pub fn norms(&self) -> (&Tensor, &Tensor) {
         (&self.input_layernorm, &self.post_attention_layernorm)
@@ -267,6 +278,8 @@ pub struct Transformer {
     host: std::sync::OnceLock<Option<std::sync::Arc<HostWeights>>>,
     /// Whether decode steps may take the fused path (clones share the switch).
     fused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether training blocks recompute their activations in backward instead of keeping them.
+    checkpoint: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Transformer {
@@ -308,6 +321,7 @@ impl Transformer {
             config: cfg.clone(),
             host: std::sync::OnceLock::new(),
             fused: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            checkpoint: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -341,6 +355,18 @@ impl Transformer {
     pub fn set_fused_decode(&self, enabled: bool) {
         self.fused
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gradient checkpointing: in training, each block keeps only its input and recomputes
+    /// the rest of its forward in backward (less memory, one more forward of time). Off by
+    /// default; clones share the switch.
+    pub fn set_gradient_checkpointing(&self, enabled: bool) {
+        self.checkpoint
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn gradient_checkpointing(&self) -> bool {
+        self.checkpoint.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn fused_decode_enabled(&self) -> bool {
@@ -474,7 +500,24 @@ impl Transformer {
                 return Tensor::from_vec(out, shape, self.device());
             }
         }
+        // Training with an adapter: each block is one graph node with a hand-written backward.
+        let training = match lora {
+            Lora::One(adapter) if cache.is_none() && block_backward::applies(&x, adapter) => {
+                bias.as_ref().map(|bias| (adapter, bias))
+            }
+            _ => None,
+        };
         for (i, block) in self.layers.iter().enumerate() {
+            if let Some((adapter, bias)) = training {
+                let checkpoint = self.gradient_checkpointing();
+                let tables = (&cos, &sin);
+                if let Some(out) =
+                    block_backward::forward(block, &x, tables, bias, adapter, checkpoint)?
+                {
+                    x = out;
+                    continue;
+                }
+            }
             let cache = cache.as_deref_mut().map(|c| c.layer(i));
             let kv = KvSource::Batch {
                 bias: bias.as_ref(),

@@ -1,6 +1,7 @@
 //! The training ops' hand-written backward (fused RMSNorm, RoPE, SwiGLU, attention and LM
 //! head + cross-entropy) gives the LoRA gradients that candle's autograd gives for the
-//! composition of primitives (the old path), on every tiny model, with padding and packing.
+//! composition of primitives (the old path), on every tiny model, with padding, packing and
+//! LoRA dropout. The fused path is each block as one graph node (`block_backward`).
 
 use std::path::Path;
 
@@ -28,12 +29,14 @@ fn examples() -> Vec<TokenizedExample> {
 
 /// A trainable adapter on every linear whose B is not zero (PEFT's initial B would make
 /// every A gradient zero, which could hide a dropped path).
-fn adapter(model: &Model) -> Result<LoraAdapter> {
+fn adapter(model: &Model, dropout: f64) -> Result<LoraAdapter> {
     let config = LoraConfig {
-        dropout: 0.0,
+        dropout,
         ..LoraConfig::default()
     };
     let adapter = LoraAdapter::init(&model.transformer, config, 7, None)?;
+    // Dropout masks come from (seed, module): both paths draw the same ones.
+    adapter.set_dropout_seed(Some(11));
     for (key, var) in adapter.vars() {
         if key.contains("lora_B") {
             var.set(&Tensor::randn(0f32, 0.05, var.shape(), &Device::Cpu)?)?;
@@ -70,13 +73,13 @@ fn gradients(model: &Model, adapter: &LoraAdapter, batcher: &Batcher) -> Result<
     total.context("no batches")
 }
 
-fn assert_fused_equals_composed(model_name: &str, packing: bool) -> Result<()> {
+fn assert_fused_equals_composed(model_name: &str, packing: bool, dropout: f64) -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(model_name)
         .join("model");
     let model = Model::load(&dir, &Device::Cpu)?;
-    let adapter = adapter(&model)?;
+    let adapter = adapter(&model, dropout)?;
     let config = BatchConfig {
         batch_size: 3,
         max_seq_len: 20,
@@ -102,18 +105,23 @@ fn assert_fused_equals_composed(model_name: &str, packing: bool) -> Result<()> {
 
 #[test]
 fn llama_lora_gradients_equal_the_composed_path_with_padding_and_packing() -> Result<()> {
-    assert_fused_equals_composed("tiny-llama", false)?;
-    assert_fused_equals_composed("tiny-llama", true)
+    assert_fused_equals_composed("tiny-llama", false, 0.0)?;
+    assert_fused_equals_composed("tiny-llama", true, 0.0)
+}
+
+#[test]
+fn lora_dropout_masks_are_the_same_on_both_paths() -> Result<()> {
+    assert_fused_equals_composed("tiny-llama", true, 0.1)
 }
 
 #[test]
 fn llama3_scaled_rope_lora_gradients_equal_the_composed_path() -> Result<()> {
-    assert_fused_equals_composed("tiny-llama3", false)?;
-    assert_fused_equals_composed("tiny-llama3", true)
+    assert_fused_equals_composed("tiny-llama3", false, 0.0)?;
+    assert_fused_equals_composed("tiny-llama3", true, 0.0)
 }
 
 #[test]
 fn qwen2_lora_gradients_equal_the_composed_path() -> Result<()> {
-    assert_fused_equals_composed("tiny-qwen2", false)?;
-    assert_fused_equals_composed("tiny-qwen2", true)
+    assert_fused_equals_composed("tiny-qwen2", false, 0.0)?;
+    assert_fused_equals_composed("tiny-qwen2", true, 0.0)
 }
