@@ -2,18 +2,22 @@
 //! tokens/s and peak RSS. `scripts/bench/lora-step-vs-peft.sh` runs it beside PyTorch + PEFT on
 //! the same tokens and prints the ratio.
 //!
-//! `cargo bench --bench lora_step -- [--batch 4] [--seq 128] [--steps 5] [--rank 8] [--naive-frozen]`
+//! `cargo bench --bench lora_step -- [--batch 4] [--seq 128] [--steps 5] [--rank 8]
+//! [--composed] [--gradient-checkpointing]`
 //!
-//! `--naive-frozen` uses candle's plain matmul for the frozen base layers (which computes the
-//! weight gradients and throws them away) to measure what `ft_kernels::frozen_linear` saves.
+//! The step is `ft train`'s: `causal_lm_loss` (every token a label) and its backward.
+//! `--composed` records the old path instead (candle's autograd of composed primitives, no
+//! block node); `--gradient-checkpointing` recomputes each block's forward in backward.
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
-use ft::model::{Inputs, LoraAdapter, LoraConfig, Model, TargetModules};
+use candle_core::Device;
+use ft::data::{BatchConfig, Batcher, TokenizedExample};
+use ft::model::loss::causal_lm_loss;
+use ft::model::{LoraAdapter, LoraConfig, Model, TargetModules};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -52,10 +56,13 @@ fn main() -> Result<()> {
         arg("--steps", 5),
         arg("--rank", 8),
     );
-    let naive = std::env::args().any(|a| a == "--naive-frozen");
-    ft::kernels::set_naive_frozen_linear(naive);
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let composed = flag("--composed");
     let path = ft::hub::resolve_model(None)?;
     let model = Model::load(&path, &Device::Cpu)?;
+    model
+        .transformer
+        .set_gradient_checkpointing(flag("--gradient-checkpointing"));
     let config = LoraConfig {
         r: rank,
         alpha: 2.0 * rank as f64,
@@ -71,18 +78,38 @@ fn main() -> Result<()> {
         }
     }
     let vocab = model.transformer.config().vocab_size;
-    let ids = Tensor::from_vec(tokens(batch, seq, vocab), (batch, seq), &Device::Cpu)?;
-    let inputs = Inputs::from_attention_mask(&ids, &vec![vec![1u8; seq]; batch])?;
-    let labels = ids.narrow(1, 1, seq - 1)?.flatten_all()?;
-    let mask = labels.ones_like()?.to_dtype(candle_core::DType::F32)?;
+    let ids = tokens(batch, seq, vocab);
+    let examples = ids
+        .chunks(seq)
+        .map(|row| TokenizedExample {
+            input_ids: row.to_vec(),
+            labels: vec![true; seq],
+        })
+        .collect();
+    let batch_config = BatchConfig {
+        batch_size: batch,
+        max_seq_len: seq,
+        packing: false,
+        seed: 0,
+        pad_id: 0,
+    };
+    let batcher = Batcher::new(examples, batch_config);
+    let plan = batcher.plan(0);
+    let rows = plan.first().ok_or_else(|| anyhow::anyhow!("no batch"))?;
+    let the_batch = batcher.batch(rows);
     let step = || -> Result<f32> {
-        let logits = model.transformer.forward(&inputs, None, Some(&adapter))?;
-        let logits = logits.narrow(1, 0, seq - 1)?.flatten_to(1)?;
-        let (loss, _) = ft::kernels::masked_cross_entropy(&logits, &labels, &mask)?;
-        let grads = loss.backward()?;
-        let (_, first) = &adapter.vars()[0];
-        anyhow::ensure!(grads.get(first.as_tensor()).is_some(), "no LoRA gradient");
-        Ok(loss.to_scalar::<f32>()?)
+        let run = || -> Result<f32> {
+            let loss = causal_lm_loss(&model.transformer, &the_batch, Some(&adapter))?;
+            let grads = loss.mean.backward()?;
+            let (_, first) = &adapter.vars()[0];
+            anyhow::ensure!(grads.get(first.as_tensor()).is_some(), "no LoRA gradient");
+            Ok(loss.mean.to_scalar::<f32>()?)
+        };
+        if composed {
+            ft::kernels::backward_path::with_composed(run)
+        } else {
+            run()
+        }
     };
     let loss = step()?; // warm-up
     let start = Instant::now();
@@ -93,7 +120,11 @@ fn main() -> Result<()> {
     let tokens_per_sec = (batch * seq) as f64 / seconds;
     println!(
         "ft{} batch {batch}x{seq} r{rank}: loss {loss:.4}, {:.1} ms/step, {tokens_per_sec:.1} tokens/s, peak RSS {:.0} MiB",
-        if naive { " (naive frozen matmul)" } else { "" },
+        match (composed, flag("--gradient-checkpointing")) {
+            (true, _) => " (composed autograd)",
+            (false, true) => " (gradient checkpointing)",
+            (false, false) => "",
+        },
         seconds * 1e3,
         peak_rss_mib()
     );

@@ -89,6 +89,10 @@ pub struct Args {
     /// Put prompt tokens of prompt/completion data in the loss too.
     #[arg(long)]
     train_on_prompt: bool,
+    /// Recompute each block's activations in backward instead of keeping them: less memory
+    /// for long sequences, at the cost of a second forward of every block.
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 impl Args {
@@ -131,6 +135,7 @@ impl Args {
             c.early_stopping_patience = self.early_stopping_patience;
         }
         c.packing |= self.packing;
+        c.gradient_checkpointing |= self.gradient_checkpointing;
         c.train_on_prompt |= self.train_on_prompt;
         c.validate()
             .map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;

@@ -58,6 +58,9 @@ pub struct TrainConfig {
     pub packing: bool,
     /// Also train on prompt tokens of prompt/completion data.
     pub train_on_prompt: bool,
+    /// Recompute each block's activations in backward instead of keeping them (less memory
+    /// for long sequences, about one more forward of time). Changes no number.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             early_stopping_patience: None,
             packing: false,
             train_on_prompt: false,
+            gradient_checkpointing: false,
         }
     }
 }

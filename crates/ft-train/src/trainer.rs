@@ -271,6 +271,8 @@ impl<'m> Trainer<'m> {
                     .to_string(),
             ));
         }
+        let transformer = &self.model.model.transformer;
+        transformer.set_gradient_checkpointing(self.config.gradient_checkpointing);
         let out = self.options.out.clone();
         self.prepare_out_dir()?;
         let train = self.read(&self.options.data, on_event)?;
