@@ -56,6 +56,8 @@ fn main() -> Result<()> {
         arg("--steps", 5),
         arg("--rank", 8),
     );
+    // As every `ft` command does at start-up (thread count, candle's pool settings).
+    ft::kernels::threads::set_num_threads(0)?;
     let flag = |name: &str| std::env::args().any(|a| a == name);
     let composed = flag("--composed");
     let path = ft::hub::resolve_model(None)?;

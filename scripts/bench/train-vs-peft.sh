@@ -3,14 +3,25 @@
 # examples of ~130-250 tokens: the support set's conversations merged three to a row), same
 # hyperparameters (batch 4, r 8, alpha 16, all linear, dropout 0, lr 2e-4, clip 1.0), f32, CPU,
 # 2 threads, same number of steps, in one invocation.
-#   scripts/bench/train-vs-peft.sh [--steps 8]
+#   scripts/bench/train-vs-peft.sh [--steps 8] [--data FILE --batch-size N]
+# With --data (e.g. datasets/seed-demo.jsonl --batch-size 1 --steps 30: the seed demo's loop)
+# that file is used as it is instead of the merged support set.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/_venv.sh
 scripts/fetch-model.sh >/dev/null
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 STEPS=8
-if [ "${1:-}" = "--steps" ]; then STEPS=$2; fi
+DATA=""
+BATCH=4
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --steps) STEPS=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --batch-size) BATCH=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -23,11 +34,12 @@ with open(sys.argv[1], "w") as out:
         turns = [m for r in rows[i:i + 3] for m in r["messages"][1:]]
         out.write(json.dumps({"messages": [system] + turns}) + "\n")
 PY
+if [ -n "$DATA" ]; then cp "$DATA" "$work/data.jsonl"; fi
 
 cargo build --release --locked --quiet
 FT="${CARGO_TARGET_DIR:-target}/release/ft"
 /usr/bin/time -f "%M" -o "$work/ft.rss" "$FT" train --data "$work/data.jsonl" --out "$work/run" \
-  --max-steps "$STEPS" --batch-size 4 --grad-accum 1 --lr 2e-4 --warmup-steps 0 --lora-dropout 0 \
+  --max-steps "$STEPS" --batch-size "$BATCH" --grad-accum 1 --lr 2e-4 --warmup-steps 0 --lora-dropout 0 \
   --save-steps 0 --device cpu 2>/dev/null
 ours=$(python3 - "$work/run/metrics.jsonl" "$work/ft.rss" <<'PY'
 import json, sys
@@ -36,15 +48,15 @@ steps = rows[1:]  # the first step includes one-off setup
 tokens = sum(r["tokens_per_sec"] * (r["elapsed_s"] - p["elapsed_s"]) for p, r in zip(rows, steps))
 seconds = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]
 rss = int(open(sys.argv[2]).read().split()[-1]) / 1024
-print(f"ft: {len(rows)} steps, batch 4, {tokens / seconds:.1f} tokens/s, peak RSS {rss:.0f} MiB")
+print(f"ft: {len(rows)} steps, {tokens / seconds:.1f} tokens/s, steps 2.. in {seconds:.2f} s, peak RSS {rss:.0f} MiB")
 print(f"RESULT tokens_per_sec={tokens / seconds:.3f} peak_rss_mib={rss:.1f}")
 PY
 )
-theirs=$("$PYTHON" scripts/bench/train_peft.py --data "$work/data.jsonl" --steps "$STEPS" 2>/dev/null)
+theirs=$("$PYTHON" scripts/bench/train_peft.py --data "$work/data.jsonl" --steps "$STEPS" --batch-size "$BATCH" 2>/dev/null)
 printf '%s\n' "$ours" "$theirs" | grep -v '^RESULT'
 value() { printf '%s\n' "$1" | sed -n "s/^RESULT.*$2=\([0-9.]*\).*/\1/p"; }
 python3 - "$(value "$ours" tokens_per_sec)" "$(value "$theirs" tokens_per_sec)" "$(value "$ours" peak_rss_mib)" "$(value "$theirs" peak_rss_mib)" <<'PY'
 import sys
 ours, peft, ours_rss, peft_rss = map(float, sys.argv[1:])
-print(f"ratio ft/PEFT tokens/s: {ours / peft:.2f}x   peak RSS ft/PEFT: {ours_rss / peft_rss:.2f}x")
+print(f"ratio ft/PEFT tokens/s: {ours / peft:.2f}x (wall time of the steps {peft / ours:.2f}x)   peak RSS ft/PEFT: {ours_rss / peft_rss:.2f}x")
 PY

@@ -29,6 +29,7 @@ mod frozen_linear;
 mod host;
 mod lm_head_loss;
 mod loss;
+mod masked_softmax;
 mod norm;
 pub mod quant;
 mod rope;
@@ -44,5 +45,7 @@ pub use lm_head_loss::lm_head_nll;
 pub use loss::masked_cross_entropy;
 pub use norm::{rms_norm, rms_norm_backward, rms_norm_composed};
 pub use rope::{rope, rope_backward, rope_composed, RopeTables};
-pub use sequence_attention::{attention, attention_backward, attention_composed};
+pub use sequence_attention::{
+    attention, attention_backward, attention_composed, attention_forward,
+};
 pub use swiglu::{swiglu, swiglu_backward, swiglu_composed};

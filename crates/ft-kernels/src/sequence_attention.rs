@@ -9,7 +9,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Storage, Tensor, D,
+};
+
+use crate::masked_softmax::MaskedSoftmax;
 
 use crate::host::fused_backward_applies;
 
@@ -32,7 +36,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
     let tracked = q.track_op() || k.track_op() || v.track_op();
     let cpu_f32 = [q, k, v].iter().any(|t| fused_backward_applies(t));
     if tracked && cpu_f32 && !crate::backward_path::composed() {
-        let out = attention_composed(&q.detach(), &k.detach(), &v.detach(), bias)?;
+        let out = attention_forward(&q.detach(), &k.detach(), &v.detach(), bias)?;
         let op = AttentionWithBackward {
             out: Mutex::new(Some(out)),
             bias: bias.cloned(),
@@ -41,7 +45,73 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
-    attention_composed(q, k, v, bias)
+    if tracked {
+        return attention_composed(q, k, v, bias);
+    }
+    attention_forward(q, k, v, bias)
+}
+
+/// Whether the per-group CPU path applies: f32 on the CPU, no gradient recorded.
+fn grouped_cpu_path(q: &Tensor, bias: Option<&Tensor>) -> bool {
+    q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && !q.track_op()
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+}
+
+/// [`attention_composed`] outside the graph, one kv-head group at a time on the CPU: each
+/// group's `(n_rep·t, total)` scores stay under glibc's mmap threshold (reused, not faulted in
+/// fresh) and are softmaxed in place by [`MaskedSoftmax`]. Elsewhere, the composition.
+pub fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !grouped_cpu_path(q, bias) {
+        return attention_composed(q, k, v, bias);
+    }
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    if kvh == 0 || h % kvh != 0 {
+        candle_core::bail!("attention: {h} query heads over {kvh} kv heads");
+    }
+    let q = q.reshape((b, kvh, (h / kvh) * t, d))?;
+    let mut rows = Vec::with_capacity(b);
+    for row in 0..b {
+        let mut groups = Vec::with_capacity(kvh);
+        for group in 0..kvh {
+            let (q_g, k_g, v_g) = (q.i((row, group))?, k.i((row, group))?, v.i((row, group))?);
+            let probs = group_probabilities(&q_g, &k_g, bias, row, t)?;
+            groups.push(probs.matmul(&v_g)?);
+        }
+        rows.push(Tensor::stack(&groups, 0)?);
+    }
+    Tensor::stack(&rows, 0)?.reshape((b, h, t, d))
+}
+
+/// The probabilities of one batch row and kv-head group: `q_g: (n_rep·t, d)`, `k_g: (total, d)`
+/// → `(n_rep·t, total)`, CPU f32.
+fn group_probabilities(
+    q_g: &Tensor,
+    k_g: &Tensor,
+    bias: Option<&Tensor>,
+    row: usize,
+    t: usize,
+) -> Result<Tensor> {
+    let d = q_g.dim(1)?;
+    let total = k_g.dim(0)?;
+    let scores = q_g.matmul(&k_g.t()?)?.contiguous()?;
+    let bias = match bias {
+        Some(bias) => bias.i(row)?.reshape((t, total))?.contiguous()?,
+        None => Tensor::zeros((t, total), DType::F32, q_g.device())?,
+    };
+    let op = MaskedSoftmax {
+        t,
+        scale: (1.0 / (d as f64).sqrt()) as f32,
+    };
+    scores.inplace_op2(&bias, &op)?;
+    Ok(scores)
 }
 
 /// The probabilities `softmax(q·kᵀ/√d + bias)` with the query heads grouped by kv head:
@@ -95,6 +165,9 @@ pub fn attention_backward(
     grad: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if grouped_cpu_path(&q.detach(), bias) {
+        return attention_backward_grouped(q, k, v, out, grad, bias);
+    }
     let (q, k, v, out, grad) = (
         q.detach(),
         k.detach(),
@@ -119,7 +192,53 @@ pub fn attention_backward(
     Ok((d_q, d_k, d_v))
 }
 
-/// The output computed by [`attention_composed`] outside the graph, handed to the graph once,
+/// [`attention_backward`] one kv-head group at a time on the CPU (see [`attention_forward`]).
+fn attention_backward_grouped(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    grad: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (q, k, v, out, grad) = (
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        out.detach(),
+        grad.detach(),
+    );
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let grouped = (b, kvh, (h / kvh) * t, d);
+    let q = q.reshape(grouped)?;
+    let d_out = grad.contiguous()?.reshape(grouped)?;
+    let out = out.contiguous()?.reshape(grouped)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (mut d_qs, mut d_ks, mut d_vs) = (Vec::new(), Vec::new(), Vec::new());
+    for row in 0..b {
+        let (mut d_q_row, mut d_k_row, mut d_v_row) = (Vec::new(), Vec::new(), Vec::new());
+        for group in 0..kvh {
+            let at = (row, group);
+            let (q_g, k_g, v_g) = (q.i(at)?, k.i(at)?, v.i(at)?);
+            let (d_out_g, out_g) = (d_out.i(at)?, out.i(at)?);
+            let probs = group_probabilities(&q_g, &k_g, bias, row, t)?;
+            d_v_row.push(probs.t()?.matmul(&d_out_g)?);
+            let d_probs = d_out_g.matmul(&v_g.t()?)?;
+            let row_dot = (&d_out_g * &out_g)?.sum_keepdim(D::Minus1)?;
+            let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
+            d_q_row.push((d_scores.matmul(&k_g)? * scale)?);
+            d_k_row.push((d_scores.t()?.matmul(&q_g)? * scale)?);
+        }
+        d_qs.push(Tensor::stack(&d_q_row, 0)?);
+        d_ks.push(Tensor::stack(&d_k_row, 0)?);
+        d_vs.push(Tensor::stack(&d_v_row, 0)?);
+    }
+    let d_q = Tensor::stack(&d_qs, 0)?.reshape((b, h, t, d))?;
+    Ok((d_q, Tensor::stack(&d_ks, 0)?, Tensor::stack(&d_vs, 0)?))
+}
+
+/// The output computed by [`attention_forward`] outside the graph, handed to the graph once,
 /// with the backward below.
 struct AttentionWithBackward {
     out: Mutex<Option<Tensor>>,
@@ -172,13 +291,15 @@ mod tests {
     use crate::testing::{assert_close, grad_of};
     use candle_core::{Device, Var};
 
-    /// A causal bias with the last `padding` keys of row 1 masked.
+    /// A causal bias with the last `padding` keys of row 1 masked, and the first two keys of
+    /// row 0 (left padding: queries 0 and 1 see no key at all).
     fn causal_bias(b: usize, t: usize, padding: usize, device: &Device) -> Result<Tensor> {
         let mut bias = vec![0f32; b * t * t];
         for row in 0..b {
             for query in 0..t {
                 for key in 0..t {
-                    if key > query || (row == 1 && key >= t - padding) {
+                    let padded = (row == 1 && key >= t - padding) || (row == 0 && key < 2);
+                    if key > query || padded {
                         bias[(row * t + query) * t + key] = -1e30;
                     }
                 }
@@ -201,6 +322,15 @@ mod tests {
         let fused = attention(q, k, v, Some(&bias))?;
         let composed = crate::backward_path::with_composed(|| attention(q, k, v, Some(&bias)))?;
         assert_close(&fused, &composed, 1e-5)?;
+        let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+        let inference = attention_forward(&qd, &kd, &vd, Some(&bias))?;
+        assert_close(
+            &inference,
+            &attention_composed(&qd, &kd, &vd, Some(&bias))?,
+            1e-5,
+        )?;
+        let unmasked = attention_forward(&qd, &kd, &vd, None)?;
+        assert_close(&unmasked, &attention_composed(&qd, &kd, &vd, None)?, 1e-5)?;
         for input in [q, k, v] {
             let g_fused = grad_of(&fused, &upstream, input)?;
             let g_composed = grad_of(&composed, &upstream, input)?;

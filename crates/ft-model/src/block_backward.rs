@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use ft_kernels::{
-    attention_backward, attention_composed, rms_norm, rms_norm_backward, rope, rope_backward,
+    attention_backward, attention_forward, rms_norm, rms_norm_backward, rope, rope_backward,
     swiglu, swiglu_backward,
 };
 
@@ -180,7 +180,7 @@ impl BlockParts {
         let q = rope(&heads(project(0, &n1)?, h)?, &self.cos, &self.sin)?;
         let k = rope(&heads(project(1, &n1)?, kvh)?, &self.cos, &self.sin)?;
         let v = heads(project(2, &n1)?, kvh)?;
-        let attn = attention_composed(&q, &k, &v, Some(&self.bias))?; // (b, h, t, d)
+        let attn = attention_forward(&q, &k, &v, Some(&self.bias))?; // (b, h, t, d)
         let attn_rows = attn.transpose(1, 2)?.reshape((b * t, h * d))?;
         let x2 = (x + project(3, &attn_rows)?.reshape((b, t, hidden))?)?;
         let n2 = rms_norm(&x2, &self.norms.1, self.eps)?.reshape((b * t, hidden))?;
