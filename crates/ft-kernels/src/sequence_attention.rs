@@ -13,7 +13,7 @@ use candle_core::{
     CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Storage, Tensor, D,
 };
 
-use crate::masked_softmax::MaskedSoftmax;
+use crate::masked_softmax::{MaskedSoftmax, MASKED};
 
 use crate::host::fused_backward_applies;
 
@@ -59,9 +59,11 @@ fn grouped_cpu_path(q: &Tensor, bias: Option<&Tensor>) -> bool {
         && bias.is_none_or(|b| b.dtype() == DType::F32)
 }
 
-/// [`attention_composed`] outside the graph, one kv-head group at a time on the CPU: each
-/// group's `(n_rep·t, total)` scores stay under glibc's mmap threshold (reused, not faulted in
-/// fresh) and are softmaxed in place by [`MaskedSoftmax`]. Elsewhere, the composition.
+/// [`attention_composed`] outside the graph, one kv-head group and up to [`QUERY_CHUNK`]
+/// queries at a time on the CPU: each chunk's scores stay under glibc's mmap threshold (reused,
+/// not faulted in fresh), are softmaxed in place by [`MaskedSoftmax`], and cover only the keys
+/// some query of the chunk may see (causally, half of a long sequence's products are skipped).
+/// Elsewhere, the composition.
 pub fn attention_forward(
     q: &Tensor,
     k: &Tensor,
@@ -71,47 +73,193 @@ pub fn attention_forward(
     if !grouped_cpu_path(q, bias) {
         return attention_composed(q, k, v, bias);
     }
-    let (b, h, t, d) = q.dims4()?;
-    let kvh = k.dim(1)?;
-    if kvh == 0 || h % kvh != 0 {
-        candle_core::bail!("attention: {h} query heads over {kvh} kv heads");
-    }
-    let q = q.reshape((b, kvh, (h / kvh) * t, d))?;
-    let mut rows = Vec::with_capacity(b);
-    for row in 0..b {
-        let mut groups = Vec::with_capacity(kvh);
-        for group in 0..kvh {
-            let (q_g, k_g, v_g) = (q.i((row, group))?, k.i((row, group))?, v.i((row, group))?);
-            let probs = group_probabilities(&q_g, &k_g, bias, row, t)?;
-            groups.push(probs.matmul(&v_g)?);
-        }
-        rows.push(Tensor::stack(&groups, 0)?);
-    }
-    Tensor::stack(&rows, 0)?.reshape((b, h, t, d))
+    Chunked::new(q, k, v, bias, QUERY_CHUNK)?.forward()
 }
 
-/// The probabilities of one batch row and kv-head group: `q_g: (n_rep·t, d)`, `k_g: (total, d)`
-/// → `(n_rep·t, total)`, CPU f32.
-fn group_probabilities(
-    q_g: &Tensor,
-    k_g: &Tensor,
-    bias: Option<&Tensor>,
-    row: usize,
-    t: usize,
-) -> Result<Tensor> {
-    let d = q_g.dim(1)?;
-    let total = k_g.dim(0)?;
-    let scores = q_g.matmul(&k_g.t()?)?.contiguous()?;
-    let bias = match bias {
-        Some(bias) => bias.i(row)?.reshape((t, total))?.contiguous()?,
-        None => Tensor::zeros((t, total), DType::F32, q_g.device())?,
-    };
-    let op = MaskedSoftmax {
-        t,
-        scale: (1.0 / (d as f64).sqrt()) as f32,
-    };
-    scores.inplace_op2(&bias, &op)?;
-    Ok(scores)
+/// Queries per chunk of [`attention_forward`] and [`attention_backward`] on the CPU.
+const QUERY_CHUNK: usize = 256;
+
+/// One attention call split by batch row, kv-head group and query chunk.
+struct Chunked {
+    /// `(b, kv_heads, n_rep, t, d)`.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Per batch row: `(t, total)`, zeros when there is no bias.
+    bias: Vec<Tensor>,
+    /// Per batch row: `(first query, queries, keys seen)` of each chunk.
+    chunks: Vec<Vec<(usize, usize, usize)>>,
+    dims: (usize, usize, usize, usize, usize),
+}
+
+impl Chunked {
+    fn new(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        chunk: usize,
+    ) -> Result<Self> {
+        let (b, h, t, d) = q.dims4()?;
+        let (kvh, total) = (k.dim(1)?, k.dim(2)?);
+        if kvh == 0 || h % kvh != 0 {
+            candle_core::bail!("attention: {h} query heads over {kvh} kv heads");
+        }
+        let mut biases = Vec::with_capacity(b);
+        let mut chunks = Vec::with_capacity(b);
+        for row in 0..b {
+            let row_bias = match bias {
+                Some(bias) => bias.i(row)?.reshape((t, total))?.contiguous()?,
+                None => Tensor::zeros((t, total), DType::F32, q.device())?,
+            };
+            let row_chunks = crate::host::with_f32(&row_bias, "attention", |visible| {
+                let mut row_chunks = Vec::new();
+                for start in (0..t).step_by(chunk.max(1)) {
+                    let len = chunk.min(t - start);
+                    // One past the last key any query of the chunk may see; all keys when a
+                    // query sees none (it gets the composed path's uniform distribution).
+                    let last_seen = (start..start + len).map(|query| {
+                        let keys = &visible[query * total..(query + 1) * total];
+                        keys.iter().rposition(|&b| b > MASKED)
+                    });
+                    let keys = last_seen
+                        .map(|last| last.map_or(total, |k| k + 1))
+                        .max()
+                        .unwrap_or(total);
+                    row_chunks.push((start, len, keys));
+                }
+                Ok(row_chunks)
+            })?;
+            biases.push(row_bias);
+            chunks.push(row_chunks);
+        }
+        Ok(Self {
+            q: q.reshape((b, kvh, h / kvh, t, d))?,
+            k: k.clone(),
+            v: v.clone(),
+            bias: biases,
+            chunks,
+            dims: (b, h, kvh, t, d),
+        })
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.dims.4 as f64).sqrt()
+    }
+
+    /// `(n_rep·len, d)` queries of a chunk, `(keys, d)` keys and values, and the probabilities.
+    fn chunk(
+        &self,
+        row: usize,
+        group: usize,
+        (start, len, keys): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let d = self.dims.4;
+        let q = self
+            .q
+            .i((row, group))?
+            .narrow(1, start, len)?
+            .contiguous()?;
+        let q = q.reshape(((), d))?;
+        let k = self.k.i((row, group))?.narrow(0, 0, keys)?;
+        let v = self.v.i((row, group))?.narrow(0, 0, keys)?;
+        let bias = self.bias[row]
+            .narrow(0, start, len)?
+            .narrow(1, 0, keys)?
+            .contiguous()?;
+        let scores = q.matmul(&k.t()?)?.contiguous()?;
+        let op = MaskedSoftmax {
+            t: len,
+            scale: self.scale() as f32,
+        };
+        scores.inplace_op2(&bias, &op)?;
+        Ok((q, k, v, scores))
+    }
+
+    /// `(b, h, t, d)` from per-row, per-group lists of `(n_rep, len, d)` chunk results.
+    fn assemble(&self, rows: Vec<Vec<Vec<Tensor>>>) -> Result<Tensor> {
+        let (b, h, _, t, d) = self.dims;
+        let rows = rows
+            .into_iter()
+            .map(|groups| {
+                let groups = groups
+                    .into_iter()
+                    .map(|chunks| Tensor::cat(&chunks, 1))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::stack(&groups, 0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)?.reshape((b, h, t, d))
+    }
+
+    fn forward(&self) -> Result<Tensor> {
+        let (b, h, kvh, _, d) = self.dims;
+        let n_rep = h / kvh;
+        let mut rows = Vec::with_capacity(b);
+        for row in 0..b {
+            let mut groups = Vec::with_capacity(kvh);
+            for group in 0..kvh {
+                let mut chunks = Vec::new();
+                for &chunk in &self.chunks[row] {
+                    let (_, _, v, probs) = self.chunk(row, group, chunk)?;
+                    chunks.push(probs.matmul(&v)?.reshape((n_rep, chunk.1, d))?);
+                }
+                groups.push(chunks);
+            }
+            rows.push(groups);
+        }
+        self.assemble(rows)
+    }
+
+    /// `(dQ, dK, dV)` given the output and its gradient, both `(b, h, t, d)`.
+    fn backward(&self, out: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, h, kvh, t, d) = self.dims;
+        let (n_rep, total) = (h / kvh, self.k.dim(2)?);
+        let out = out.contiguous()?.reshape((b, kvh, n_rep, t, d))?;
+        let grad = grad.contiguous()?.reshape((b, kvh, n_rep, t, d))?;
+        let scale = self.scale();
+        let (mut d_q_rows, mut d_k_rows, mut d_v_rows) = (Vec::new(), Vec::new(), Vec::new());
+        for row in 0..b {
+            let (mut d_q_groups, mut d_k_groups, mut d_v_groups) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for group in 0..kvh {
+                let mut d_q_chunks = Vec::new();
+                let mut d_k = Tensor::zeros((total, d), DType::F32, self.k.device())?;
+                let mut d_v = d_k.clone();
+                for &chunk in &self.chunks[row] {
+                    let (start, len, keys) = chunk;
+                    let (q, k, v, probs) = self.chunk(row, group, chunk)?;
+                    let rows_of = |x: &Tensor| -> Result<Tensor> {
+                        x.i((row, group))?
+                            .narrow(1, start, len)?
+                            .contiguous()?
+                            .reshape(((), d))
+                    };
+                    let (d_out, out) = (rows_of(&grad)?, rows_of(&out)?);
+                    let pad = |x: Tensor| x.pad_with_zeros(0, 0, total - keys);
+                    d_v = (d_v + pad(probs.t()?.matmul(&d_out)?)?)?;
+                    let d_probs = d_out.matmul(&v.t()?)?;
+                    let row_dot = (&d_out * &out)?.sum_keepdim(D::Minus1)?;
+                    let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
+                    let d_q = (d_scores.matmul(&k)? * scale)?;
+                    d_q_chunks.push(d_q.reshape((n_rep, len, d))?);
+                    d_k = (d_k + pad((d_scores.t()?.matmul(&q)? * scale)?)?)?;
+                }
+                d_q_groups.push(d_q_chunks);
+                d_k_groups.push(d_k);
+                d_v_groups.push(d_v);
+            }
+            d_q_rows.push(d_q_groups);
+            d_k_rows.push(Tensor::stack(&d_k_groups, 0)?);
+            d_v_rows.push(Tensor::stack(&d_v_groups, 0)?);
+        }
+        let d_q = self.assemble(d_q_rows)?;
+        Ok((
+            d_q,
+            Tensor::stack(&d_k_rows, 0)?,
+            Tensor::stack(&d_v_rows, 0)?,
+        ))
+    }
 }
 
 /// The probabilities `softmax(q·kᵀ/√d + bias)` with the query heads grouped by kv head:
@@ -166,7 +314,8 @@ pub fn attention_backward(
     bias: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if grouped_cpu_path(&q.detach(), bias) {
-        return attention_backward_grouped(q, k, v, out, grad, bias);
+        let chunked = Chunked::new(&q.detach(), &k.detach(), &v.detach(), bias, QUERY_CHUNK)?;
+        return chunked.backward(&out.detach(), &grad.detach());
     }
     let (q, k, v, out, grad) = (
         q.detach(),
@@ -190,52 +339,6 @@ pub fn attention_backward(
     let d_q = (d_scores.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
     let d_k = (d_scores.t()?.matmul(&q)? * scale)?;
     Ok((d_q, d_k, d_v))
-}
-
-/// [`attention_backward`] one kv-head group at a time on the CPU (see [`attention_forward`]).
-fn attention_backward_grouped(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    grad: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (q, k, v, out, grad) = (
-        q.detach(),
-        k.detach(),
-        v.detach(),
-        out.detach(),
-        grad.detach(),
-    );
-    let (b, h, t, d) = q.dims4()?;
-    let kvh = k.dim(1)?;
-    let grouped = (b, kvh, (h / kvh) * t, d);
-    let q = q.reshape(grouped)?;
-    let d_out = grad.contiguous()?.reshape(grouped)?;
-    let out = out.contiguous()?.reshape(grouped)?;
-    let scale = 1.0 / (d as f64).sqrt();
-    let (mut d_qs, mut d_ks, mut d_vs) = (Vec::new(), Vec::new(), Vec::new());
-    for row in 0..b {
-        let (mut d_q_row, mut d_k_row, mut d_v_row) = (Vec::new(), Vec::new(), Vec::new());
-        for group in 0..kvh {
-            let at = (row, group);
-            let (q_g, k_g, v_g) = (q.i(at)?, k.i(at)?, v.i(at)?);
-            let (d_out_g, out_g) = (d_out.i(at)?, out.i(at)?);
-            let probs = group_probabilities(&q_g, &k_g, bias, row, t)?;
-            d_v_row.push(probs.t()?.matmul(&d_out_g)?);
-            let d_probs = d_out_g.matmul(&v_g.t()?)?;
-            let row_dot = (&d_out_g * &out_g)?.sum_keepdim(D::Minus1)?;
-            let d_scores = (probs * d_probs.broadcast_sub(&row_dot)?)?;
-            d_q_row.push((d_scores.matmul(&k_g)? * scale)?);
-            d_k_row.push((d_scores.t()?.matmul(&q_g)? * scale)?);
-        }
-        d_qs.push(Tensor::stack(&d_q_row, 0)?);
-        d_ks.push(Tensor::stack(&d_k_row, 0)?);
-        d_vs.push(Tensor::stack(&d_v_row, 0)?);
-    }
-    let d_q = Tensor::stack(&d_qs, 0)?.reshape((b, h, t, d))?;
-    Ok((d_q, Tensor::stack(&d_ks, 0)?, Tensor::stack(&d_vs, 0)?))
 }
 
 /// The output computed by [`attention_forward`] outside the graph, handed to the graph once,
@@ -331,6 +434,14 @@ mod tests {
         )?;
         let unmasked = attention_forward(&qd, &kd, &vd, None)?;
         assert_close(&unmasked, &attention_composed(&qd, &kd, &vd, None)?, 1e-5)?;
+        // Chunks of 4 queries: several chunks per row, each seeing fewer keys than the row.
+        let chunked = Chunked::new(&qd, &kd, &vd, Some(&bias), 4)?;
+        assert_close(&chunked.forward()?, &inference, 1e-5)?;
+        let (d_q, d_k, d_v) = chunked.backward(&inference, &upstream)?;
+        let whole = attention_backward(&qd, &kd, &vd, &inference, &upstream, Some(&bias))?;
+        assert_close(&d_q, &whole.0, 1e-5)?;
+        assert_close(&d_k, &whole.1, 1e-5)?;
+        assert_close(&d_v, &whole.2, 1e-5)?;
         for input in [q, k, v] {
             let g_fused = grad_of(&fused, &upstream, input)?;
             let g_composed = grad_of(&composed, &upstream, input)?;
