@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use ft_data::{BatchConfig, Batcher, TokenizedExample};
 use ft_kernels::backward_path::with_composed;
 use ft_model::loss::causal_lm_loss;
-use ft_model::{LoraAdapter, LoraConfig, Model};
+use ft_model::{LoraAdapter, LoraConfig, Model, TargetModules};
 
 /// Relative to the gradient's largest element, per LoRA matrix.
 const GRAD_REL_TOL: f32 = 1e-5;
@@ -29,9 +29,10 @@ fn examples() -> Vec<TokenizedExample> {
 
 /// A trainable adapter on every linear whose B is not zero (PEFT's initial B would make
 /// every A gradient zero, which could hide a dropped path).
-fn adapter(model: &Model, dropout: f64) -> Result<LoraAdapter> {
+fn adapter(model: &Model, dropout: f64, targets: &str) -> Result<LoraAdapter> {
     let config = LoraConfig {
         dropout,
+        target_modules: TargetModules::parse(targets),
         ..LoraConfig::default()
     };
     let adapter = LoraAdapter::init(&model.transformer, config, 7, None)?;
@@ -74,12 +75,21 @@ fn gradients(model: &Model, adapter: &LoraAdapter, batcher: &Batcher) -> Result<
 }
 
 fn assert_fused_equals_composed(model_name: &str, packing: bool, dropout: f64) -> Result<()> {
+    assert_fused_equals_composed_on(model_name, packing, dropout, "all-linear")
+}
+
+fn assert_fused_equals_composed_on(
+    model_name: &str,
+    packing: bool,
+    dropout: f64,
+    targets: &str,
+) -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(model_name)
         .join("model");
     let model = Model::load(&dir, &Device::Cpu)?;
-    let adapter = adapter(&model, dropout)?;
+    let adapter = adapter(&model, dropout, targets)?;
     let config = BatchConfig {
         batch_size: 3,
         max_seq_len: 20,
@@ -124,4 +134,9 @@ fn llama3_scaled_rope_lora_gradients_equal_the_composed_path() -> Result<()> {
 fn qwen2_lora_gradients_equal_the_composed_path() -> Result<()> {
     assert_fused_equals_composed("tiny-qwen2", false, 0.0)?;
     assert_fused_equals_composed("tiny-qwen2", true, 0.0)
+}
+
+#[test]
+fn an_adapter_on_some_modules_only_gets_the_same_gradients() -> Result<()> {
+    assert_fused_equals_composed_on("tiny-llama", false, 0.0, "q_proj,v_proj,down_proj")
 }
