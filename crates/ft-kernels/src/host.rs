@@ -33,3 +33,18 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result
 pub(crate) fn fused_backward_applies(x: &Tensor) -> bool {
     x.track_op() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
+
+/// The storage a custom op's `cpu_fwd` returns when its output was computed before the op was
+/// built (outside the graph, with candle ops): the tensor in `slot`, taken once and copied.
+/// This is how a hand-written backward is attached to a forward made of candle ops.
+pub fn hand_over_output(
+    slot: &std::sync::Mutex<Option<Tensor>>,
+    op: &str,
+) -> Result<(CpuStorage, candle_core::Shape)> {
+    let out = slot.lock().ok().and_then(|mut out| out.take());
+    let Some(out) = out else {
+        candle_core::bail!("{op}: the op ran twice");
+    };
+    with_f32(&out, op, |data| Ok(CpuStorage::F32(data.to_vec())))
+        .map(|storage| (storage, out.shape().clone()))
+}

@@ -9,9 +9,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Storage, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Tensor, D};
 
 use crate::masked_softmax::{MaskedSoftmax, MASKED};
 
@@ -362,17 +360,7 @@ impl CustomOp3 for AttentionWithBackward {
         _v: &CpuStorage,
         _v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.out.lock().ok().and_then(|mut out| out.take());
-        let Some(out) = out else {
-            candle_core::bail!("attention: the op ran twice");
-        };
-        let out = out.contiguous()?;
-        let (storage, layout) = out.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("attention: the output is not on the CPU");
-        };
-        let data = crate::host::f32_slice(cpu, layout, self.name())?;
-        Ok((CpuStorage::F32(data.to_vec()), out.shape().clone()))
+        crate::host::hand_over_output(&self.out, self.name())
     }
 
     fn bwd(

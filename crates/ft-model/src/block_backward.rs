@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use ft_kernels::{
     attention_backward, attention_forward, rms_norm, rms_norm_backward, rope, rope_backward,
     swiglu, swiglu_backward,
@@ -317,24 +317,7 @@ impl CustomOp2 for BlockNode {
         _params: &CpuStorage,
         _params_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.out.lock().ok().and_then(|mut out| out.take());
-        let Some(out) = out else {
-            candle_core::bail!("lora block: the op ran twice");
-        };
-        let (storage, layout) = out.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("lora block: the output is not on the CPU");
-        };
-        let CpuStorage::F32(data) = cpu else {
-            candle_core::bail!("lora block: the output is not f32");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("lora block: the output is not contiguous");
-        };
-        Ok((
-            CpuStorage::F32(data[start..end].to_vec()),
-            out.shape().clone(),
-        ))
+        ft_kernels::hand_over_output(&self.out, self.name())
     }
 
     fn bwd(
