@@ -83,11 +83,19 @@ struct Chunked {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// Per batch row: `(t, total)`, zeros when there is no bias.
-    bias: Vec<Tensor>,
-    /// Per batch row: `(first query, queries, keys seen)` of each chunk.
-    chunks: Vec<Vec<(usize, usize, usize)>>,
+    /// Per batch row, its query chunks.
+    chunks: Vec<Vec<QueryChunk>>,
     dims: (usize, usize, usize, usize, usize),
+}
+
+/// Queries `start..start + len` of one batch row, which see only keys `0..keys`.
+struct QueryChunk {
+    start: usize,
+    len: usize,
+    keys: usize,
+    /// `(len, keys)`: the bias of those queries and keys, cut once for every kv-head group
+    /// and for backward.
+    bias: Tensor,
 }
 
 impl Chunked {
@@ -103,14 +111,13 @@ impl Chunked {
         if kvh == 0 || h % kvh != 0 {
             candle_core::bail!("attention: {h} query heads over {kvh} kv heads");
         }
-        let mut biases = Vec::with_capacity(b);
         let mut chunks = Vec::with_capacity(b);
         for row in 0..b {
             let row_bias = match bias {
                 Some(bias) => bias.i(row)?.reshape((t, total))?.contiguous()?,
                 None => Tensor::zeros((t, total), DType::F32, q.device())?,
             };
-            let row_chunks = crate::host::with_f32(&row_bias, "attention", |visible| {
+            let ranges = crate::host::with_f32(&row_bias, "attention", |visible| {
                 let mut row_chunks = Vec::new();
                 for start in (0..t).step_by(chunk.max(1)) {
                     let len = chunk.min(t - start);
@@ -128,14 +135,24 @@ impl Chunked {
                 }
                 Ok(row_chunks)
             })?;
-            biases.push(row_bias);
+            let row_chunks = ranges
+                .into_iter()
+                .map(|(start, len, keys)| {
+                    let bias = row_bias.narrow(0, start, len)?.narrow(1, 0, keys)?;
+                    Ok(QueryChunk {
+                        start,
+                        len,
+                        keys,
+                        bias: bias.contiguous()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             chunks.push(row_chunks);
         }
         Ok(Self {
             q: q.reshape((b, kvh, h / kvh, t, d))?,
             k: k.clone(),
             v: v.clone(),
-            bias: biases,
             chunks,
             dims: (b, h, kvh, t, d),
         })
@@ -150,8 +167,9 @@ impl Chunked {
         &self,
         row: usize,
         group: usize,
-        (start, len, keys): (usize, usize, usize),
+        chunk: &QueryChunk,
     ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let (start, len, keys) = (chunk.start, chunk.len, chunk.keys);
         let d = self.dims.4;
         let q = self
             .q
@@ -161,16 +179,12 @@ impl Chunked {
         let q = q.reshape(((), d))?;
         let k = self.k.i((row, group))?.narrow(0, 0, keys)?;
         let v = self.v.i((row, group))?.narrow(0, 0, keys)?;
-        let bias = self.bias[row]
-            .narrow(0, start, len)?
-            .narrow(1, 0, keys)?
-            .contiguous()?;
         let scores = q.matmul(&k.t()?)?.contiguous()?;
         let op = MaskedSoftmax {
             t: len,
             scale: self.scale() as f32,
         };
-        scores.inplace_op2(&bias, &op)?;
+        scores.inplace_op2(&chunk.bias, &op)?;
         Ok((q, k, v, scores))
     }
 
@@ -198,9 +212,9 @@ impl Chunked {
             let mut groups = Vec::with_capacity(kvh);
             for group in 0..kvh {
                 let mut chunks = Vec::new();
-                for &chunk in &self.chunks[row] {
+                for chunk in &self.chunks[row] {
                     let (_, _, v, probs) = self.chunk(row, group, chunk)?;
-                    chunks.push(probs.matmul(&v)?.reshape((n_rep, chunk.1, d))?);
+                    chunks.push(probs.matmul(&v)?.reshape((n_rep, chunk.len, d))?);
                 }
                 groups.push(chunks);
             }
@@ -224,8 +238,8 @@ impl Chunked {
                 let mut d_q_chunks = Vec::new();
                 let mut d_k = Tensor::zeros((total, d), DType::F32, self.k.device())?;
                 let mut d_v = d_k.clone();
-                for &chunk in &self.chunks[row] {
-                    let (start, len, keys) = chunk;
+                for chunk in &self.chunks[row] {
+                    let (start, len, keys) = (chunk.start, chunk.len, chunk.keys);
                     let (q, k, v, probs) = self.chunk(row, group, chunk)?;
                     let rows_of = |x: &Tensor| -> Result<Tensor> {
                         x.i((row, group))?
