@@ -158,9 +158,40 @@ fn matmul_matches_reference_for_model_shapes_and_batches() -> Result<()> {
         } else {
             (576, 1536)
         };
-        for batch in [1, 3, 13, 16] {
+        // 1: the row kernels; from 2 the 32-wide types take the tile kernels (eight weight
+        // rows by four activation rows, ragged ends by the row kernels); 32: `ft serve`'s
+        // largest decode batch.
+        for batch in [1, 2, 3, 5, 13, 16, 32] {
             check_matmul(ty, narrow, wide, batch)?;
             check_matmul(ty, wide, narrow, batch)?;
+        }
+        // A row count that is not a multiple of the tile's eight rows, nor of a task's.
+        check_matmul(ty, 101, wide, 6)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn tile_kernels_integer_sums_equal_the_reference() -> Result<()> {
+    // As `simd_integer_sums_equal_the_reference`, through the tile kernels (batch > 1): the
+    // largest activations make the largest block sums, summed across lanes by the kernel.
+    for ty in QuantType::ALL.into_iter().filter(|t| !t.is_k_quant()) {
+        let (rows, cols, batch) = (24, 1536, 5);
+        let (matrix, _) = quantized(ty, rows, cols, 11)?;
+        let x: Vec<f32> = (0..batch * cols)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let xq = QuantizedRows::quantize(&x, batch, cols, ty.block_len());
+        let scale = abs_scale(&matrix, &xq, batch);
+        for isa in Isa::available() {
+            let got = matmul_with(isa, &matrix, &x, batch)?;
+            for (i, g) in got.iter().enumerate() {
+                let want = reference::vec_dot(ty, matrix.row(i % rows), xq.row(i / rows));
+                assert!(
+                    (g - want).abs() <= REL_TOL * scale[i],
+                    "{ty:?} {isa:?} at {i}: {g} vs {want}"
+                );
+            }
         }
     }
     Ok(())

@@ -130,6 +130,50 @@ pub fn kernel_rows_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<RowDot
     }
 }
 
+/// Weight rows of one tile kernel call: eight, the lanes of an AVX2 f32 vector.
+pub const TILE_ROWS: usize = 8;
+
+/// A tile kernel: [`TILE_ROWS`] weight rows against `N` activation rows, `out[a][r]`.
+pub type TileDot<const N: usize> = fn(&[&[u8]; TILE_ROWS], &[XRow; N]) -> [[f32; TILE_ROWS]; N];
+
+macro_rules! safe_kernel_tile {
+    ($isa:ident, $name:ident) => {{
+        fn kernel<const N: usize>(
+            rows: &[&[u8]; TILE_ROWS],
+            x: &[XRow; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            // SAFETY: as in `safe_kernel`; every row has the width of the activations.
+            unsafe { super::x86::$isa::$name::<N>(rows, x) }
+        }
+        Some(kernel::<N> as TileDot<N>)
+    }};
+}
+
+/// The tile kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
+pub fn kernel_tile_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<TileDot<N>> {
+    macro_rules! table {
+        ($isa:ident) => {
+            match ty {
+                QuantType::Q4_0 => safe_kernel_tile!($isa, q4_0_tile),
+                QuantType::Q4_1 => safe_kernel_tile!($isa, q4_1_tile),
+                QuantType::Q5_0 => safe_kernel_tile!($isa, q5_0_tile),
+                QuantType::Q5_1 => safe_kernel_tile!($isa, q5_1_tile),
+                QuantType::Q8_0 => safe_kernel_tile!($isa, q8_0_tile),
+                _ => None,
+            }
+        };
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => table!(avx2),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => table!(vnni),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => table!(avxvnni),
+        _ => None,
+    }
+}
+
 /// The kernel of `ty` for `isa` (which must be one of [`Isa::available`]).
 pub fn kernel_for(isa: Isa, ty: QuantType) -> RowDot {
     macro_rules! table {

@@ -5,13 +5,15 @@
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::activation::QuantizedRows;
-use super::dispatch::{isa, kernel_for, kernel_rows_for, Isa};
+use super::activation::{QuantizedRows, XRow};
+use super::dispatch::{
+    isa, kernel_for, kernel_rows_for, kernel_tile_for, Isa, RowDot, RowDotN, TileDot, TILE_ROWS,
+};
+use super::format::QuantMatrix;
 
 /// Activation rows per cache tile: a tile of 16-bit rows (64 · 1536 · 2 bytes = 192 KiB at
 /// the widest SmolLM2 input) stays in L2 while a task's weight rows pass over it.
 const X_TILE: usize = 64;
-use super::format::QuantMatrix;
 
 /// Output rows per task: small enough to balance two to sixteen threads, big enough that a
 /// task's overhead (an atomic add and a call) is noise next to its dot products.
@@ -22,7 +24,8 @@ fn rows_per_task(rows: usize, batch: usize) -> usize {
     let per_task = rows.div_ceil(threads * 12);
     // At least ~8k multiply-adds per task.
     let min_rows = (256 / batch.max(1)).max(1);
-    per_task.max(min_rows).min(rows.max(1))
+    // Whole tiles of weight rows, so only a matrix's last task has a ragged end.
+    per_task.max(min_rows).next_multiple_of(TILE_ROWS).min(rows.max(1))
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -44,6 +47,94 @@ impl Output {
     /// `at` is inside the buffer, and no other task writes it.
     unsafe fn write(&self, at: usize, value: f32) {
         *self.0.add(at) = value;
+    }
+}
+
+/// Activation rows per tile-kernel call.
+const TILE_X_ROWS: usize = 4;
+
+/// From this many activation rows the tile kernels take over from the row kernels: one row
+/// does not amortize their weight unpacking and horizontal sums (measured: batch 1 is as fast
+/// either way, and the row kernel is the simpler one).
+const TILE_MIN_BATCH: usize = 2;
+
+/// The kernels of one product, picked once per call.
+struct Kernels {
+    one: RowDot,
+    rows8: Option<RowDotN<8>>,
+    rows4: Option<RowDotN<4>>,
+    tile: Option<TileDot<TILE_X_ROWS>>,
+    tile1: Option<TileDot<1>>,
+}
+
+impl Kernels {
+    /// Output columns `columns` (weight rows) of activation rows `first_x..first_x + x.len()`.
+    ///
+    /// # Safety
+    /// `out` holds `(batch, w.rows())` values, `columns` is inside `0..w.rows()` and no other
+    /// task writes those columns of these rows.
+    unsafe fn product(
+        &self,
+        w: &QuantMatrix,
+        out: Output,
+        columns: std::ops::Range<usize>,
+        first_x: usize,
+        x: &[XRow],
+    ) {
+        let rows = w.rows();
+        let mut r = columns.start;
+        if let (Some(tile), Some(tile1)) = (self.tile, self.tile1) {
+            if x.len() >= TILE_MIN_BATCH {
+                while r + TILE_ROWS <= columns.end {
+                    let ws: [&[u8]; TILE_ROWS] = std::array::from_fn(|j| w.row(r + j));
+                    let mut b = 0;
+                    let write = |b: usize, values: &[f32; TILE_ROWS]| {
+                        // SAFETY: columns r..r + 8 of row first_x + b are this task's.
+                        unsafe { out.row((first_x + b) * rows + r, TILE_ROWS) }
+                            .copy_from_slice(values);
+                    };
+                    while b + TILE_X_ROWS <= x.len() {
+                        let group: [XRow; TILE_X_ROWS] = std::array::from_fn(|j| x[b + j]);
+                        for (j, values) in tile(&ws, &group).iter().enumerate() {
+                            write(b + j, values);
+                        }
+                        b += TILE_X_ROWS;
+                    }
+                    for (b, x_row) in x.iter().enumerate().skip(b) {
+                        write(b, &tile1(&ws, &[*x_row])[0]);
+                    }
+                    r += TILE_ROWS;
+                }
+            }
+        }
+        for r in r..columns.end {
+            let row = w.row(r);
+            let mut b = 0;
+            if let Some(rows8) = self.rows8 {
+                while b + 8 <= x.len() {
+                    let group: [_; 8] = std::array::from_fn(|j| x[b + j]);
+                    for (j, value) in rows8(row, &group).into_iter().enumerate() {
+                        // SAFETY: column r of row first_x + b + j is this task's.
+                        unsafe { out.write((first_x + b + j) * rows + r, value) };
+                    }
+                    b += 8;
+                }
+            }
+            if let Some(rows4) = self.rows4 {
+                while b + 4 <= x.len() {
+                    let group = [x[b], x[b + 1], x[b + 2], x[b + 3]];
+                    for (j, value) in rows4(row, &group).into_iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { out.write((first_x + b + j) * rows + r, value) };
+                    }
+                    b += 4;
+                }
+            }
+            for (b, x_row) in x.iter().enumerate().skip(b) {
+                // SAFETY: as above.
+                unsafe { out.write((first_x + b) * rows + r, (self.one)(row, *x_row)) };
+            }
+        }
     }
 }
 
@@ -78,9 +169,13 @@ pub fn matmul_many_with(
         bail!("quantized matmul: {isa:?} is not supported by this CPU");
     }
     let xq = QuantizedRows::quantize(x, batch, cols, ty.block_len());
-    let kernel = kernel_for(isa, ty);
-    let kernel8 = kernel_rows_for::<8>(isa, ty);
-    let kernel4 = kernel_rows_for::<4>(isa, ty);
+    let kernels = Kernels {
+        one: kernel_for(isa, ty),
+        rows8: kernel_rows_for::<8>(isa, ty),
+        rows4: kernel_rows_for::<4>(isa, ty),
+        tile: kernel_tile_for::<TILE_X_ROWS>(isa, ty),
+        tile1: kernel_tile_for::<1>(isa, ty),
+    };
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; batch * w.rows()]).collect();
     let outs: Vec<Output> = ys.iter_mut().map(|y| Output(y.as_mut_ptr())).collect();
     let x_rows: Vec<_> = (0..batch).map(|b| xq.row(b)).collect();
@@ -93,38 +188,10 @@ pub fn matmul_many_with(
         }
     }
     let task = |(i, start, n): (usize, usize, usize)| {
-        let (w, out, rows) = (ws[i], outs[i], ws[i].rows());
         for tile in (0..batch).step_by(X_TILE) {
-            let tile_end = (tile + X_TILE).min(batch);
-            for r in start..start + n {
-                let row = w.row(r);
-                let mut b = tile;
-                if let Some(kernel8) = kernel8 {
-                    while b + 8 <= tile_end {
-                        let group: [_; 8] = std::array::from_fn(|j| x_rows[b + j]);
-                        for (j, value) in kernel8(row, &group).into_iter().enumerate() {
-                            // SAFETY: r < rows, b + j < batch; each (b, r) has one writer.
-                            unsafe { out.write((b + j) * rows + r, value) };
-                        }
-                        b += 8;
-                    }
-                }
-                if let Some(kernel4) = kernel4 {
-                    while b + 4 <= tile_end {
-                        let group = [x_rows[b], x_rows[b + 1], x_rows[b + 2], x_rows[b + 3]];
-                        for (j, value) in kernel4(row, &group).into_iter().enumerate() {
-                            // SAFETY: r < rows, b + j < batch; each (b, r) has one writer.
-                            unsafe { out.write((b + j) * rows + r, value) };
-                        }
-                        b += 4;
-                    }
-                }
-                for (b, x_row) in x_rows.iter().enumerate().take(tile_end).skip(b) {
-                    let value = kernel(row, *x_row);
-                    // SAFETY: r < rows and b < batch, and each (b, r) is written by one task.
-                    unsafe { out.write(b * rows + r, value) };
-                }
-            }
+            let x = &x_rows[tile..(tile + X_TILE).min(batch)];
+            // SAFETY: the task owns output columns start..start + n of every row.
+            unsafe { kernels.product(ws[i], outs[i], start..start + n, tile, x) };
         }
     };
     crate::threads::parallel_for(tasks.len(), &|t| task(tasks[t]));

@@ -12,6 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::XRow;
+use super::dispatch::TILE_ROWS;
 use super::reference::scale_min_k4;
 
 /// Little-endian f16 at `p` to f32 with F16C.
@@ -113,7 +114,76 @@ macro_rules! kernels {
             /// at byte 2. Two blocks per iteration with their own accumulators, so the f32
             /// dependency chains overlap.
             macro_rules! dot32 {
-                ($name:ident, $name4:ident, $bytes:expr, $has_min:expr, |$b:ident| $weights:expr) => {
+                ($name:ident, $name4:ident, $tile:ident, $bytes:expr, $has_min:expr, |$b:ident| $weights:expr) => {
+                    /// [`TILE_ROWS`] weight rows against `N` activation rows: the block sums of
+                    /// the eight weight rows land in the eight lanes of one vector (a
+                    /// horizontal-add tree), so the scales multiply and accumulate once per
+                    /// block for all eight outputs instead of once per output, and each
+                    /// activation block is loaded once for all eight rows. The integer block
+                    /// sums equal the reference's; the f32 accumulation is per block, in
+                    /// block order, as the reference does it.
+                    #[target_feature(enable = $features)]
+                    pub unsafe fn $tile<const N: usize>(
+                        rows: &[&[u8]; TILE_ROWS],
+                        x: &[XRow; N],
+                    ) -> [[f32; TILE_ROWS]; N] {
+                        let nb = x[0].scales.len();
+                        debug_assert!(rows.iter().all(|r| r.len() == nb * $bytes));
+                        debug_assert!(x.iter().all(|r| r.scales.len() == nb));
+                        let mut acc = [_mm256_setzero_ps(); N];
+                        for i in 0..nb {
+                            let mut lo = [_mm256_setzero_si256(); TILE_ROWS];
+                            let mut hi = [_mm256_setzero_si256(); TILE_ROWS];
+                            let mut d = [0u16; TILE_ROWS];
+                            let mut m = [0u16; TILE_ROWS];
+                            for r in 0..TILE_ROWS {
+                                let $b = rows[r].as_ptr().add(i * $bytes);
+                                let (l, h) = $weights;
+                                lo[r] = _mm256_cvtepi8_epi16(l);
+                                hi[r] = _mm256_cvtepi8_epi16(h);
+                                d[r] = ($b as *const u16).read_unaligned();
+                                if $has_min {
+                                    m[r] = ($b.add(2) as *const u16).read_unaligned();
+                                }
+                            }
+                            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i));
+                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr() as *const __m128i));
+                            for a in 0..N {
+                                let xr = &x[a];
+                                let q = xr.qs.as_ptr().add(i * 32);
+                                let xl = _mm256_loadu_si256(q as *const __m256i);
+                                let xh = _mm256_loadu_si256(q.add(16) as *const __m256i);
+                                macro_rules! sum {
+                                    ($r:expr) => {
+                                        $dot($dot(_mm256_setzero_si256(), lo[$r], xl), hi[$r], xh)
+                                    };
+                                }
+                                // Lane r of `sums` = Σ over the block of weight row r · x.
+                                let t01 = _mm256_hadd_epi32(sum!(0), sum!(1));
+                                let t23 = _mm256_hadd_epi32(sum!(2), sum!(3));
+                                let t45 = _mm256_hadd_epi32(sum!(4), sum!(5));
+                                let t67 = _mm256_hadd_epi32(sum!(6), sum!(7));
+                                let u0 = _mm256_hadd_epi32(t01, t23);
+                                let u1 = _mm256_hadd_epi32(t45, t67);
+                                let sums = _mm256_add_epi32(
+                                    _mm256_permute2x128_si256(u0, u1, 0x20),
+                                    _mm256_permute2x128_si256(u0, u1, 0x31),
+                                );
+                                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xr.scales.get_unchecked(i)));
+                                acc[a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[a]);
+                                if $has_min {
+                                    let sum_x = _mm256_set1_ps(*xr.sums.get_unchecked(i));
+                                    acc[a] = _mm256_fmadd_ps(mw, sum_x, acc[a]);
+                                }
+                            }
+                        }
+                        let mut out = [[0f32; TILE_ROWS]; N];
+                        for a in 0..N {
+                            _mm256_storeu_ps(out[a].as_mut_ptr(), acc[a]);
+                        }
+                        out
+                    }
+
                     /// `N` activation rows against one weight row: each block's weights are
                     /// unpacked and widened once for all of them (batched decode, short
                     /// prompts).
@@ -185,13 +255,13 @@ macro_rules! kernels {
                 };
             }
 
-            dot32!(q4_0, q4_0_rows, 18, false, |b| {
+            dot32!(q4_0, q4_0_rows, q4_0_tile, 18, false, |b| {
                 let (lo, hi) = nibbles(b.add(2));
                 let eight = _mm_set1_epi8(8);
                 (_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight))
             });
-            dot32!(q4_1, q4_1_rows, 20, true, |b| nibbles(b.add(4)));
-            dot32!(q5_0, q5_0_rows, 22, false, |b| {
+            dot32!(q4_1, q4_1_rows, q4_1_tile, 20, true, |b| nibbles(b.add(4)));
+            dot32!(q5_0, q5_0_rows, q5_0_tile, 22, false, |b| {
                 // A clear fifth bit makes the byte (nibble | 0xf0) = nibble − 16 as i8.
                 let (lo, hi) = nibbles(b.add(6));
                 let (set_lo, set_hi) = bits_to_bytes(b.add(2));
@@ -201,7 +271,7 @@ macro_rules! kernels {
                     _mm_or_si128(hi, _mm_andnot_si128(set_hi, high)),
                 )
             });
-            dot32!(q5_1, q5_1_rows, 24, true, |b| {
+            dot32!(q5_1, q5_1_rows, q5_1_tile, 24, true, |b| {
                 let (lo, hi) = nibbles(b.add(8));
                 let (set_lo, set_hi) = bits_to_bytes(b.add(4));
                 let bit = _mm_set1_epi8(0x10);
@@ -210,7 +280,7 @@ macro_rules! kernels {
                     _mm_or_si128(hi, _mm_and_si128(set_hi, bit)),
                 )
             });
-            dot32!(q8_0, q8_0_rows, 34, false, |b| (
+            dot32!(q8_0, q8_0_rows, q8_0_tile, 34, false, |b| (
                 _mm_loadu_si128(b.add(2) as *const __m128i),
                 _mm_loadu_si128(b.add(18) as *const __m128i)
             ));
