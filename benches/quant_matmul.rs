@@ -58,7 +58,13 @@ fn main() -> Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     ft::kernels::threads::set_num_threads(threads)?;
-    let cols_of = |(_, c): (usize, usize)| if ty.is_k_quant() { c.div_ceil(256) * 256 } else { c };
+    let cols_of = |(_, c): (usize, usize)| {
+        if ty.is_k_quant() {
+            c.div_ceil(256) * 256
+        } else {
+            c
+        }
+    };
     let mut matrices = Vec::new();
     let mut dense = Vec::new();
     for (i, &shape) in SHAPES.iter().enumerate() {
@@ -91,7 +97,13 @@ fn main() -> Result<()> {
         }
         let xs: Vec<Tensor> = SHAPES
             .iter()
-            .map(|&s| Tensor::from_vec(values(batch * cols_of(s), 7), (batch, cols_of(s)), &Device::Cpu))
+            .map(|&s| {
+                Tensor::from_vec(
+                    values(batch * cols_of(s), 7),
+                    (batch, cols_of(s)),
+                    &Device::Cpu,
+                )
+            })
             .collect::<candle_core::Result<_>>()?;
         let ds = dense.clone();
         runs.push((

@@ -38,6 +38,11 @@ pub struct Args {
     /// Most sequences waiting for a slot before requests get 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
+    /// MiB of recent prompts' keys and values kept so that a prompt starting as an earlier
+    /// one did (same system prompt, a repeated question, one more turn) computes only the
+    /// rest (0: off).
+    #[arg(long, default_value_t = 128)]
+    prefix_cache_mib: usize,
     /// Largest `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 4096)]
     max_tokens_limit: usize,
@@ -88,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         EngineConfig {
             max_batch: args.max_batch.max(1),
             max_queue: args.max_queue,
+            prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
         },
     )?;
     let server = Server::new(

@@ -264,3 +264,26 @@ fn several_products_of_one_input_equal_each_alone() -> Result<()> {
     assert!(matmul_many_with(Isa::Scalar, &[&q, &other], &values(576, 1), 1).is_err());
     Ok(())
 }
+
+#[test]
+fn a_row_gets_the_same_bits_alone_and_in_a_batch() -> Result<()> {
+    // A served sequence must not change its answer with the batch it lands in: every output
+    // of a 32-wide type comes from the same tile kernel, whatever the batch size and place.
+    for ty in QuantType::ALL.into_iter().filter(|t| !t.is_k_quant()) {
+        let (rows, cols, batch) = (101, 576, 7);
+        let (matrix, _) = quantized(ty, rows, cols, 5)?;
+        let x = values(batch * cols, 6);
+        for isa in Isa::available() {
+            let together = matmul_with(isa, &matrix, &x, batch)?;
+            for b in 0..batch {
+                let alone = matmul_with(isa, &matrix, &x[b * cols..(b + 1) * cols], 1)?;
+                assert_eq!(
+                    &together[b * rows..(b + 1) * rows],
+                    &alone[..],
+                    "{ty:?} {isa:?} row {b}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

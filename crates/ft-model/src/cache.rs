@@ -128,6 +128,55 @@ impl Cache {
         self.len() == 0
     }
 
+    /// A copy of row 0's first `n` slots, per layer `(keys, values)` of shape `(1, kv_heads, n,
+    /// head_dim)`: storage of its own, so later appends to this cache never reach it (a
+    /// server keeps a prompt's keys and values to reuse them for the next prompt that starts
+    /// the same way).
+    pub fn copy_prefix(&self, n: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        self.layers
+            .iter()
+            .map(|layer| {
+                let Some((k, v)) = &layer.buffers else {
+                    candle_core::bail!("copy_prefix: the cache is empty");
+                };
+                if n > layer.len {
+                    candle_core::bail!("copy_prefix: {n} slots asked, {} cached", layer.len);
+                }
+                let take = |t: &Tensor| t.narrow(0, 0, 1)?.narrow(2, 0, n)?.copy();
+                Ok((take(k)?, take(v)?))
+            })
+            .collect()
+    }
+
+    /// A batch cache whose row `i` starts with the first `n` slots of `prefixes[i]` (as
+    /// [`Cache::copy_prefix`] gives them), with room for `capacity` slots: the past of a
+    /// prefill that computes only the rest of each prompt.
+    pub fn from_prefixes(
+        prefixes: &[&[(Tensor, Tensor)]],
+        n: usize,
+        capacity: usize,
+    ) -> Result<Cache> {
+        let layers = prefixes.first().map_or(0, |p| p.len());
+        if prefixes.iter().any(|p| p.len() != layers) {
+            candle_core::bail!("from_prefixes: prefixes of different depths");
+        }
+        let mut cache = Cache::with_capacity(layers, capacity);
+        for (l, layer) in cache.layers.iter_mut().enumerate() {
+            let part = |kv: usize| -> Result<Tensor> {
+                let rows = prefixes
+                    .iter()
+                    .map(|p| {
+                        let t = if kv == 0 { &p[l].0 } else { &p[l].1 };
+                        t.narrow(2, 0, n)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)
+            };
+            layer.append(&part(0)?, &part(1)?)?;
+        }
+        Ok(cache)
+    }
+
     /// Splits the cache of a right-padded batch into one cache per row, row `i` keeping its
     /// first `lens[i]` slots in a cache with room for `capacities[i]` (a batched prefill hands
     /// each sequence its own cache).

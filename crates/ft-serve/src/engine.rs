@@ -7,7 +7,7 @@
 //! as its client stops listening; its cache goes with it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use ft_model::{Cache, Inputs, Lora, LoraAdapter, RowAdapters, TextModel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::ApiError;
+use crate::prefix_cache::{PrefixCache, Reuse};
 use crate::registry::ResolvedAdapter;
 
 /// Limits of the engine.
@@ -26,13 +27,20 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Most sequences waiting for a slot; beyond it requests get 429.
     pub max_queue: usize,
+    /// Bytes of recent prompts' keys and values kept for reuse by prompts that start the same
+    /// way (0: off). See [`crate::prefix_cache`].
+    pub prefix_cache_bytes: usize,
 }
+
+/// 128 MiB: about 2,900 prompt tokens of the default model (46 KiB each, f32).
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 128 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_batch: 32,
             max_queue: 256,
+            prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }
@@ -121,6 +129,9 @@ struct Shared {
     wake: Condvar,
     running: AtomicUsize,
     stopped: AtomicBool,
+    /// Prefills that reused a stored prefix, and the prompt tokens they did not compute.
+    prefix_hits: AtomicU64,
+    prefix_reused_tokens: AtomicU64,
 }
 
 /// A handle to the engine; clones share it. The scheduler stops when [`Engine::shutdown`] is
@@ -150,6 +161,8 @@ impl Engine {
             wake: Condvar::new(),
             running: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            prefix_hits: AtomicU64::new(0),
+            prefix_reused_tokens: AtomicU64::new(0),
         });
         let worker = shared.clone();
         std::thread::Builder::new()
@@ -205,6 +218,15 @@ impl Engine {
         self.shared.running.load(Ordering::SeqCst)
     }
 
+    /// Prefix reuse so far: `(prompts that reused a stored prefix, prompt tokens not
+    /// recomputed)`.
+    pub fn prefix_cache_stats(&self) -> (u64, u64) {
+        (
+            self.shared.prefix_hits.load(Ordering::Relaxed),
+            self.shared.prefix_reused_tokens.load(Ordering::Relaxed),
+        )
+    }
+
     /// Stops the scheduler after its current step; queued requests are dropped (their
     /// clients see the stream end).
     pub fn shutdown(&self) {
@@ -229,13 +251,38 @@ struct Sequence {
 struct Scheduler {
     shared: Arc<Shared>,
     running: Vec<Sequence>,
+    prefixes: PrefixCache,
+}
+
+/// A request admitted to this step, with the stored prefix its prefill starts from.
+struct Admitted {
+    request: SequenceRequest,
+    reuse: Option<Reuse>,
+}
+
+impl Admitted {
+    /// Prompt tokens taken from the prefix store.
+    fn reused(&self) -> usize {
+        self.reuse.as_ref().map_or(0, |r| r.tokens)
+    }
+
+    /// Prompt tokens the prefill computes.
+    fn computed(&self) -> usize {
+        self.request.prompt_ids.len() - self.reused()
+    }
+}
+
+fn adapter_of(request: &SequenceRequest) -> Option<&Arc<LoraAdapter>> {
+    request.adapter.as_ref().map(|a| &a.adapter)
 }
 
 impl Scheduler {
     fn new(shared: Arc<Shared>) -> Self {
+        let prefixes = PrefixCache::new(shared.config.prefix_cache_bytes);
         Self {
             shared,
             running: Vec::new(),
+            prefixes,
         }
     }
 
@@ -278,12 +325,18 @@ impl Scheduler {
                     });
                     continue;
                 }
-                live.push(request);
+                let reuse = self
+                    .prefixes
+                    .lookup(adapter_of(&request), &request.prompt_ids);
+                live.push(Admitted { request, reuse });
             }
             // All prompts admitted in this step are prefilled together (in groups of similar
             // length), so the first token does not wait behind every other prompt in turn.
             for group in prefill_groups(live) {
-                let failed: Vec<_> = group.iter().map(|r| (r.index, r.events.clone())).collect();
+                let failed: Vec<_> = group
+                    .iter()
+                    .map(|a| (a.request.index, a.request.events.clone()))
+                    .collect();
                 match self.prefill(group) {
                     Ok(sequences) => self.running.extend(sequences),
                     Err(e) => {
@@ -322,41 +375,66 @@ impl Scheduler {
     }
 
     /// Runs a group of prompts together (right-padded, each row under its own adapter), hands
-    /// each its own cache and samples its first token. Sequences that already finished (or
-    /// whose client left) are not returned.
-    fn prefill(&self, requests: Vec<SequenceRequest>) -> candle_core::Result<Vec<Sequence>> {
+    /// each its own cache and samples its first token. The rows of a group reuse stored
+    /// prefixes of one length (or none): their caches start with those keys and values and
+    /// only the rest of each prompt is computed. Sequences that already finished (or whose
+    /// client left) are not returned.
+    fn prefill(&mut self, group: Vec<Admitted>) -> candle_core::Result<Vec<Sequence>> {
         let model = &self.shared.model.model.transformer;
-        let lens: Vec<usize> = requests.iter().map(|r| r.prompt_ids.len()).collect();
-        let longest = lens.iter().copied().max().unwrap_or(0);
-        if lens.contains(&0) {
-            // Requests are validated non-empty; never index before the first token.
+        if group.iter().any(|a| a.computed() == 0) {
+            // Requests are validated non-empty and a reuse leaves the last token: never index
+            // before the first computed token.
             candle_core::bail!("prefill: an empty prompt");
         }
-        let rows = requests.len();
+        let past = group.first().map_or(0, Admitted::reused);
+        if group.iter().any(|a| a.reused() != past) {
+            candle_core::bail!("prefill: rows reuse prefixes of different lengths");
+        }
+        let computed: Vec<usize> = group.iter().map(Admitted::computed).collect();
+        let longest = computed.iter().copied().max().unwrap_or(0);
+        let rows = group.len();
         let mut tokens = Vec::with_capacity(rows * longest);
         let mut key_mask = Vec::with_capacity(rows);
-        for request in &requests {
-            let pad = longest - request.prompt_ids.len();
+        for (admitted, &n) in group.iter().zip(&computed) {
+            let rest = &admitted.request.prompt_ids[past..];
             tokens.extend(
-                request
-                    .prompt_ids
-                    .iter()
+                rest.iter()
                     .copied()
-                    .chain(std::iter::repeat_n(0, pad)),
+                    .chain(std::iter::repeat_n(0, longest - n)),
             );
-            key_mask.push((0..longest).map(|i| u8::from(i < longest - pad)).collect());
+            key_mask.push(
+                (0..past + longest)
+                    .map(|i| u8::from(i < past + n))
+                    .collect(),
+            );
         }
-        let tokens = Tensor::from_vec(tokens, (rows, longest), model.device())?;
-        let inputs = Inputs::from_attention_mask(&tokens, &key_mask)?;
-        let per_row: Vec<Option<Arc<LoraAdapter>>> = requests
-            .iter()
-            .map(|r| r.adapter.as_ref().map(|a| a.adapter.clone()))
+        let device = model.device();
+        let positions: Vec<u32> = (0..rows)
+            .flat_map(|_| (past..past + longest).map(|p| p as u32))
             .collect();
-        let adapters = RowAdapters::for_rows(&per_row, model.device())?;
+        let inputs = Inputs {
+            tokens: Tensor::from_vec(tokens, (rows, longest), device)?,
+            positions: Tensor::from_vec(positions, (rows, longest), device)?,
+            key_mask,
+            segments: None,
+        };
+        let per_row: Vec<Option<Arc<LoraAdapter>>> = group
+            .iter()
+            .map(|a| adapter_of(&a.request).cloned())
+            .collect();
+        let adapters = RowAdapters::for_rows(&per_row, device)?;
         let lora = adapters.as_ref().map_or(Lora::None, Lora::Rows);
-        let mut cache = model.new_cache_for(longest);
+        let mut cache = if past > 0 {
+            let prefixes: Vec<&[(Tensor, Tensor)]> = group
+                .iter()
+                .filter_map(|a| a.reuse.as_ref().map(|r| r.kv.as_slice()))
+                .collect();
+            Cache::from_prefixes(&prefixes, past, past + longest)?
+        } else {
+            model.new_cache_for(longest)
+        };
         let hidden = model.forward_hidden(&inputs, Some(&mut cache), lora)?; // (rows, longest, hidden)
-        let last: Vec<Tensor> = lens
+        let last: Vec<Tensor> = computed
             .iter()
             .enumerate()
             .map(|(row, &n)| hidden.narrow(0, row, 1)?.narrow(1, n - 1, 1))
@@ -365,11 +443,29 @@ impl Scheduler {
             .logits(&Tensor::cat(&last, 0)?.squeeze(1)?)?
             .to_dtype(DType::F32)?
             .to_vec2()?;
+        if past > 0 {
+            self.shared
+                .prefix_hits
+                .fetch_add(rows as u64, Ordering::Relaxed);
+            let reused = (past * rows) as u64;
+            self.shared
+                .prefix_reused_tokens
+                .fetch_add(reused, Ordering::Relaxed);
+        }
+        let requests: Vec<SequenceRequest> = group.into_iter().map(|a| a.request).collect();
+        let lens: Vec<usize> = requests.iter().map(|r| r.prompt_ids.len()).collect();
         let capacities: Vec<usize> = requests
             .iter()
             .map(|r| r.prompt_ids.len() + r.max_tokens)
             .collect();
         let caches = cache.split_rows(&lens, &capacities)?;
+        if self.shared.config.prefix_cache_bytes > 0 {
+            for (request, cache) in requests.iter().zip(&caches) {
+                let kv = cache.copy_prefix(request.prompt_ids.len())?;
+                self.prefixes
+                    .insert(adapter_of(request), &request.prompt_ids, kv);
+            }
+        }
         let mut started = Vec::with_capacity(rows);
         for ((request, cache), row_logits) in requests.into_iter().zip(caches).zip(logits) {
             let position = request.prompt_ids.len() as u32;
@@ -486,20 +582,22 @@ impl Scheduler {
 /// decode step from waiting behind a huge batch.
 const PREFILL_TOKEN_BUDGET: usize = 1024;
 
-/// Splits admitted requests into prefill groups: sorted by prompt length, so padding stays
-/// small, and each group within [`PREFILL_TOKEN_BUDGET`] padded tokens (a prompt longer than
-/// that goes alone).
-fn prefill_groups(mut requests: Vec<SequenceRequest>) -> Vec<Vec<SequenceRequest>> {
-    requests.sort_by_key(|r| r.prompt_ids.len());
-    let mut groups: Vec<Vec<SequenceRequest>> = Vec::new();
-    for request in requests {
+/// Splits admitted requests into prefill groups: by reused prefix length (a group's rows
+/// share one past), then sorted by the tokens left to compute, so padding stays small, and
+/// each group within [`PREFILL_TOKEN_BUDGET`] padded tokens (a prompt longer than that goes
+/// alone).
+fn prefill_groups(mut requests: Vec<Admitted>) -> Vec<Vec<Admitted>> {
+    requests.sort_by_key(|a| (a.reused(), a.computed()));
+    let mut groups: Vec<Vec<Admitted>> = Vec::new();
+    for admitted in requests {
         // Sorted: this prompt is the longest of the group it joins.
-        let fits = groups
-            .last()
-            .is_some_and(|g| (g.len() + 1) * request.prompt_ids.len() <= PREFILL_TOKEN_BUDGET);
+        let fits = groups.last().is_some_and(|g| {
+            g[0].reused() == admitted.reused()
+                && (g.len() + 1) * admitted.computed() <= PREFILL_TOKEN_BUDGET
+        });
         match groups.last_mut() {
-            Some(group) if fits => group.push(request),
-            _ => groups.push(vec![request]),
+            Some(group) if fits => group.push(admitted),
+            _ => groups.push(vec![admitted]),
         }
     }
     groups

@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod prefix_cache;
 pub mod registry;
 pub mod request;
 pub mod server;

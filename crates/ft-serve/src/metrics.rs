@@ -148,8 +148,9 @@ impl Metrics {
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// The exposition text, with the engine's queue depth and running sequences.
-    pub fn render(&self, queue_depth: usize, running: usize) -> String {
+    /// The exposition text, with the engine's queue depth, running sequences and prefix
+    /// reuse (`(prompts, tokens)`, see [`crate::engine::Engine::prefix_cache_stats`]).
+    pub fn render(&self, queue_depth: usize, running: usize, prefix: (u64, u64)) -> String {
         let series = self.series();
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, u64>| {
@@ -181,6 +182,24 @@ impl Metrics {
             "llm_request_timeouts_total",
             "Requests ended by --max-request-seconds (finish_reason length).",
             &series.timeouts,
+        );
+        let total = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        total(
+            &mut out,
+            "llm_prefix_cache_hits_total",
+            "Prompts prefilled from a stored prefix of an earlier prompt.",
+            prefix.0,
+        );
+        total(
+            &mut out,
+            "llm_prefix_cache_reused_tokens_total",
+            "Prompt tokens whose keys and values came from the prefix store.",
+            prefix.1,
         );
         let histogram =
             |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, Histogram>| {
@@ -240,7 +259,7 @@ mod tests {
         metrics.request_finished("base", "/v1/chat/completions", 404, 0.01);
         metrics.tokens("base", "completion", 7);
         metrics.request_timed_out("base", "/v1/completions");
-        let text = metrics.render(2, 1);
+        let text = metrics.render(2, 1, (3, 40));
         assert!(text.contains(
             "llm_requests_total{model=\"base\",status=\"200\",endpoint=\"/v1/chat/completions\"} 1"
         ));
@@ -256,6 +275,7 @@ mod tests {
             "llm_latency_seconds_bucket{model=\"base\",endpoint=\"/v1/chat/completions\",le=\"0.5\"} 2"
         ));
         assert!(text.contains("llm_queue_depth 2"));
+        assert!(text.contains("llm_prefix_cache_reused_tokens_total 40"));
         assert!(text
             .contains("llm_request_timeouts_total{model=\"base\",endpoint=\"/v1/completions\"} 1"));
     }

@@ -511,9 +511,11 @@ async fn unload_adapter(
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state
-        .metrics
-        .render(state.engine.queue_depth(), state.engine.running());
+    let text = state.metrics.render(
+        state.engine.queue_depth(),
+        state.engine.running(),
+        state.engine.prefix_cache_stats(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -496,6 +496,7 @@ fn a_full_queue_answers_429_with_retry_after() {
     let engine = EngineConfig {
         max_batch: 1,
         max_queue: 1,
+        ..Default::default()
     };
     let live = start(model, &[], None, 10, ServerConfig::default(), engine);
     let url = format!("{}/v1/chat/completions", live.url);

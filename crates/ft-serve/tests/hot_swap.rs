@@ -50,6 +50,7 @@ fn replacing_an_adapter_under_load_fails_no_request() {
     let engine = EngineConfig {
         max_batch: CLIENTS,
         max_queue: 4 * CLIENTS,
+        ..Default::default()
     };
     let live = start(
         model,

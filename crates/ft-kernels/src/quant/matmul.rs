@@ -25,7 +25,10 @@ fn rows_per_task(rows: usize, batch: usize) -> usize {
     // At least ~8k multiply-adds per task.
     let min_rows = (256 / batch.max(1)).max(1);
     // Whole tiles of weight rows, so only a matrix's last task has a ragged end.
-    per_task.max(min_rows).next_multiple_of(TILE_ROWS).min(rows.max(1))
+    per_task
+        .max(min_rows)
+        .next_multiple_of(TILE_ROWS)
+        .min(rows.max(1))
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -53,11 +56,6 @@ impl Output {
 /// Activation rows per tile-kernel call.
 const TILE_X_ROWS: usize = 4;
 
-/// From this many activation rows the tile kernels take over from the row kernels: one row
-/// does not amortize their weight unpacking and horizontal sums (measured: batch 1 is as fast
-/// either way, and the row kernel is the simpler one).
-const TILE_MIN_BATCH: usize = 2;
-
 /// The kernels of one product, picked once per call.
 struct Kernels {
     one: RowDot,
@@ -84,27 +82,29 @@ impl Kernels {
         let rows = w.rows();
         let mut r = columns.start;
         if let (Some(tile), Some(tile1)) = (self.tile, self.tile1) {
-            if x.len() >= TILE_MIN_BATCH {
-                while r + TILE_ROWS <= columns.end {
-                    let ws: [&[u8]; TILE_ROWS] = std::array::from_fn(|j| w.row(r + j));
-                    let mut b = 0;
-                    let write = |b: usize, values: &[f32; TILE_ROWS]| {
-                        // SAFETY: columns r..r + 8 of row first_x + b are this task's.
-                        unsafe { out.row((first_x + b) * rows + r, TILE_ROWS) }
-                            .copy_from_slice(values);
-                    };
-                    while b + TILE_X_ROWS <= x.len() {
-                        let group: [XRow; TILE_X_ROWS] = std::array::from_fn(|j| x[b + j]);
-                        for (j, values) in tile(&ws, &group).iter().enumerate() {
-                            write(b + j, values);
-                        }
-                        b += TILE_X_ROWS;
+            // Every output of a 32-wide type comes from a tile kernel, whatever the batch
+            // size or the row's place in it, so a sequence gets the same bits alone and in a
+            // batch. A ragged last tile repeats its last weight row and drops those outputs.
+            while r < columns.end {
+                let valid = TILE_ROWS.min(columns.end - r);
+                let ws: [&[u8]; TILE_ROWS] = std::array::from_fn(|j| w.row(r + j.min(valid - 1)));
+                let write = |b: usize, values: &[f32; TILE_ROWS]| {
+                    // SAFETY: columns r..r + valid of row first_x + b are this task's.
+                    unsafe { out.row((first_x + b) * rows + r, valid) }
+                        .copy_from_slice(&values[..valid]);
+                };
+                let mut b = 0;
+                while b + TILE_X_ROWS <= x.len() {
+                    let group: [XRow; TILE_X_ROWS] = std::array::from_fn(|j| x[b + j]);
+                    for (j, values) in tile(&ws, &group).iter().enumerate() {
+                        write(b + j, values);
                     }
-                    for (b, x_row) in x.iter().enumerate().skip(b) {
-                        write(b, &tile1(&ws, &[*x_row])[0]);
-                    }
-                    r += TILE_ROWS;
+                    b += TILE_X_ROWS;
                 }
+                for (b, x_row) in x.iter().enumerate().skip(b) {
+                    write(b, &tile1(&ws, &[*x_row])[0]);
+                }
+                r += valid;
             }
         }
         for r in r..columns.end {
