@@ -26,6 +26,9 @@ const SHAPES: [(usize, usize); 7] = [
     (576, 1536),
 ];
 
+/// One timed call: the seven products of one block.
+type Run = Box<dyn Fn() -> Result<()>>;
+
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_add(0x9e3779b97f4a7c15);
     (0..n)
@@ -78,7 +81,7 @@ fn main() -> Result<()> {
     println!("{ty:?}, {threads} threads, the 7 projections of one SmolLM2 block per call");
     println!("batch  isa          GMAC/s   µs per block");
     for &batch in &batches {
-        let mut runs: Vec<(String, Box<dyn Fn() -> Result<()>>)> = Vec::new();
+        let mut runs: Vec<(String, Run)> = Vec::new();
         for isa in Isa::available() {
             let xs: Vec<Vec<f32>> = SHAPES
                 .iter()

@@ -85,6 +85,8 @@ pub enum Event {
         finish: FinishReason,
         /// Tokens generated (end-of-turn token included).
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix store.
+        cached_tokens: usize,
     },
     /// The model failed on this sequence.
     Failed {
@@ -246,6 +248,8 @@ struct Sequence {
     next_token: u32,
     position: u32,
     emitted: String,
+    /// Prompt tokens taken from the prefix store (OpenAI's `usage.prompt_tokens_details`).
+    cached_tokens: usize,
 }
 
 struct Scheduler {
@@ -322,6 +326,7 @@ impl Scheduler {
                         index: request.index,
                         finish: FinishReason::Timeout,
                         completion_tokens: 0,
+                        cached_tokens: 0,
                     });
                     continue;
                 }
@@ -477,6 +482,7 @@ impl Scheduler {
                 next_token: 0,
                 position,
                 emitted: String::new(),
+                cached_tokens: past,
             };
             let token = sequence.sampler.sample(&row_logits);
             if self.advance(&mut sequence, token) {
@@ -565,6 +571,7 @@ impl Scheduler {
                     index,
                     finish,
                     completion_tokens: sequence.generated.len(),
+                    cached_tokens: sequence.cached_tokens,
                 });
                 false
             }

@@ -128,8 +128,9 @@ impl<A> PrefixCache<A> {
             covering.last_used = clock;
             return;
         }
-        self.entries
-            .retain(|e| !e.orphaned() && !(e.serves(adapter) && tokens.starts_with(&e.tokens)));
+        // Orphaned entries can never match again; prefixes of this prompt are covered by it.
+        let redundant = |e: &Entry<A>| e.serves(adapter) && tokens.starts_with(&e.tokens);
+        self.entries.retain(|e| !(e.orphaned() || redundant(e)));
         self.bytes = self.entries.iter().map(|e| e.bytes).sum();
         while self.bytes + bytes > self.capacity {
             let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used)

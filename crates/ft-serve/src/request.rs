@@ -11,7 +11,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::engine::{Event, FinishReason, SequenceRequest};
 use crate::error::ApiError;
 use crate::openai::{
-    ChatMessage, ChatRequest, CommonParams, CompletionRequest, PromptSpec, StreamOptions, Usage,
+    ChatMessage, ChatRequest, CommonParams, CompletionRequest, PromptSpec, PromptTokensDetails,
+    StreamOptions, Usage,
 };
 use crate::registry::ResolvedAdapter;
 use crate::server::AppState;
@@ -42,6 +43,8 @@ pub struct Output {
     pub finish: Option<FinishReason>,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// Prompt tokens that came from the prefix store.
+    pub cached_tokens: usize,
 }
 
 /// A validated request, ready to run.
@@ -394,12 +397,17 @@ impl Plan {
         vec![Output::default(); self.choices()]
     }
 
-    fn usage(&self, completion_tokens: usize) -> Usage {
+    /// The request's usage. The prompt counts once however many choices, so its cached
+    /// tokens are those of the choice that reused the most.
+    fn usage(&self, completion_tokens: usize, cached_tokens: usize) -> Usage {
         let prompt_tokens = self.prompt_tokens();
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: cached_tokens.min(prompt_tokens),
+            },
         }
     }
 
@@ -432,6 +440,7 @@ impl Plan {
             })
             .collect();
         let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
+        let cached_tokens = outputs.iter().map(|o| o.cached_tokens).max().unwrap_or(0);
         json!({
             "id": self.id,
             "object": self.object(false),
@@ -439,7 +448,7 @@ impl Plan {
             "model": self.model,
             "system_fingerprint": self.fingerprint,
             "choices": choices,
-            "usage": self.usage(completion_tokens),
+            "usage": self.usage(completion_tokens, cached_tokens),
         })
     }
 
@@ -500,12 +509,12 @@ impl Plan {
     }
 
     /// The usage chunk (`stream_options.include_usage`): no choices, the request's usage.
-    pub fn usage_chunk(&self, completion_tokens: usize) -> Option<String> {
+    pub fn usage_chunk(&self, completion_tokens: usize, cached_tokens: usize) -> Option<String> {
         if !self.include_usage {
             return None;
         }
         let mut chunk: Value = serde_json::from_str(&self.chunk(json!([]))).ok()?;
-        chunk["usage"] = json!(self.usage(completion_tokens));
+        chunk["usage"] = json!(self.usage(completion_tokens, cached_tokens));
         Some(chunk.to_string())
     }
 }

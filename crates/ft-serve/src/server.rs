@@ -344,11 +344,13 @@ async fn collect_response(
                 index,
                 finish,
                 completion_tokens,
+                cached_tokens,
             } => {
                 record.finished(finish);
                 if let Some(output) = outputs.get_mut(index) {
                     output.finish = Some(finish);
                     output.completion_tokens = completion_tokens;
+                    output.cached_tokens = cached_tokens;
                 }
                 pending -= 1;
             }
@@ -374,6 +376,7 @@ struct StreamState {
     queued: std::collections::VecDeque<String>,
     pending: usize,
     completion_tokens: usize,
+    cached_tokens: usize,
     finished: bool,
 }
 
@@ -393,6 +396,7 @@ fn stream_response(
         queued,
         pending,
         completion_tokens: 0,
+        cached_tokens: 0,
         finished: false,
     };
     let stream = futures_util::stream::unfold(stream_state, |mut s| async move {
@@ -406,7 +410,7 @@ fn stream_response(
             if s.pending == 0 {
                 s.metrics
                     .tokens(&s.plan.model, "completion", s.completion_tokens);
-                if let Some(usage) = s.plan.usage_chunk(s.completion_tokens) {
+                if let Some(usage) = s.plan.usage_chunk(s.completion_tokens, s.cached_tokens) {
                     s.queued.push_back(usage);
                 }
                 s.queued.push_back("[DONE]".to_string());
@@ -422,9 +426,11 @@ fn stream_response(
                     index,
                     finish,
                     completion_tokens,
+                    cached_tokens,
                 }) => {
                     s.record.finished(finish);
                     s.completion_tokens += completion_tokens;
+                    s.cached_tokens = s.cached_tokens.max(cached_tokens);
                     s.pending -= 1;
                     s.queued.push_back(s.plan.finish_chunk(index, finish));
                 }

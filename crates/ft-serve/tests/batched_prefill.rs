@@ -88,10 +88,12 @@ fn prompts_that_reuse_a_stored_prefix_answer_as_they_do_alone() {
         .load_adapter(&adapter_dir, &LoadOptions::default())
         .unwrap();
     let live = start_simple(model.clone(), &[("tuned", &adapter_dir)]);
-    let ask = |name: &str, prompt: &str| {
+    let mut cached = Vec::new();
+    let mut ask = |name: &str, prompt: &str| {
         let body = json!({"model": name, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 24});
         let (status, response) = post(&format!("{}/v1/chat/completions", live.url), &body);
         assert_eq!(status, 200, "{response}");
+        cached.push(response["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64());
         response["choices"][0]["message"]["content"]
             .as_str()
             .expect("an answer")
@@ -132,4 +134,12 @@ fn prompts_that_reuse_a_stored_prefix_answer_as_they_do_alone() {
         reused_tokens(&live.url) > reused,
         "the adapter's own prefix was not reused"
     );
+    // OpenAI's usage.prompt_tokens_details.cached_tokens: none cold, some on reuse.
+    assert_eq!(cached[0], Some(0), "{cached:?}");
+    assert!(
+        cached[1..3].iter().all(|c| c.unwrap_or(0) > 0),
+        "{cached:?}"
+    );
+    assert_eq!(cached[3], Some(0), "{cached:?}");
+    assert!(cached[4].unwrap_or(0) > 0, "{cached:?}");
 }
