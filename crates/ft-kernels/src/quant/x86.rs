@@ -131,7 +131,20 @@ macro_rules! kernels {
                         debug_assert!(rows.iter().all(|r| r.len() == nb * $bytes));
                         debug_assert!(x.iter().all(|r| r.scales.len() == nb));
                         let mut acc = [_mm256_setzero_ps(); N];
+                        // The tile's rows are short strided streams that the hardware
+                        // prefetcher does not pick up in time (measured: batch-1 decode 35 %
+                        // slower without this), so each block fetches its share of the next
+                        // tile's bytes, which follow this tile's last row in memory. Prefetches
+                        // never fault; past the matrix they are wasted, not wrong.
+                        let row_bytes = nb * $bytes;
+                        let next = rows[TILE_ROWS - 1].as_ptr().wrapping_add(row_bytes);
+                        let ahead = TILE_ROWS * row_bytes;
                         for i in 0..nb {
+                            let mut line = (i * ahead / nb) & !63;
+                            while line < (i + 1) * ahead / nb {
+                                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line) as *const i8);
+                                line += 64;
+                            }
                             let mut lo = [_mm256_setzero_si256(); TILE_ROWS];
                             let mut hi = [_mm256_setzero_si256(); TILE_ROWS];
                             let mut d = [0u16; TILE_ROWS];
