@@ -3,11 +3,12 @@
 //! the same tokens and prints the ratio.
 //!
 //! `cargo bench --bench lora_step -- [--batch 4] [--seq 128] [--steps 5] [--rank 8]
-//! [--composed] [--gradient-checkpointing]`
+//! [--composed] [--gradient-checkpointing] [--bf16]`
 //!
 //! The step is `ft train`'s: `causal_lm_loss` (every token a label) and its backward.
 //! `--composed` records the old path instead (candle's autograd of composed primitives, no
-//! block node); `--gradient-checkpointing` recomputes each block's forward in backward.
+//! block node); `--gradient-checkpointing` recomputes each block's forward in backward; `--bf16`
+//! multiplies by the frozen weights in bf16 (AVX512_BF16).
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -65,6 +66,7 @@ fn main() -> Result<()> {
     model
         .transformer
         .set_gradient_checkpointing(flag("--gradient-checkpointing"));
+    model.transformer.set_bf16_training(flag("--bf16"))?;
     let config = LoraConfig {
         r: rank,
         alpha: 2.0 * rank as f64,
@@ -122,10 +124,11 @@ fn main() -> Result<()> {
     let tokens_per_sec = (batch * seq) as f64 / seconds;
     println!(
         "ft{} batch {batch}x{seq} r{rank}: loss {loss:.4}, {:.1} ms/step, {tokens_per_sec:.1} tokens/s, peak RSS {:.0} MiB",
-        match (composed, flag("--gradient-checkpointing")) {
-            (true, _) => " (composed autograd)",
-            (false, true) => " (gradient checkpointing)",
-            (false, false) => "",
+        match (composed, flag("--gradient-checkpointing"), flag("--bf16")) {
+            (true, _, _) => " (composed autograd)",
+            (false, true, _) => " (gradient checkpointing)",
+            (false, false, true) => " (bf16 frozen products)",
+            (false, false, false) => "",
         },
         seconds * 1e3,
         peak_rss_mib()

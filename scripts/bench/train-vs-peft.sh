@@ -3,7 +3,9 @@
 # examples of ~130-250 tokens: the support set's conversations merged three to a row), same
 # hyperparameters (batch 4, r 8, alpha 16, all linear, dropout 0, lr 2e-4, clip 1.0), f32, CPU,
 # 2 threads, same number of steps, in one invocation.
-#   scripts/bench/train-vs-peft.sh [--steps 8] [--data FILE --batch-size N]
+#   scripts/bench/train-vs-peft.sh [--steps 8] [--data FILE --batch-size N] [--precision f32|bf16]
+# --precision bf16 runs ft's frozen products in bf16 (AVX512_BF16); PEFT stays f32, the anchor
+# a user replaces.
 # With --data (e.g. datasets/seed-demo.jsonl --batch-size 1 --steps 30: the seed demo's loop)
 # that file is used as it is instead of the merged support set.
 set -euo pipefail
@@ -14,11 +16,13 @@ export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 STEPS=8
 DATA=""
 BATCH=4
+PRECISION=f32
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS=$2; shift 2 ;;
     --data) DATA=$2; shift 2 ;;
     --batch-size) BATCH=$2; shift 2 ;;
+    --precision) PRECISION=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -40,15 +44,15 @@ cargo build --release --locked --quiet
 FT="${CARGO_TARGET_DIR:-target}/release/ft"
 /usr/bin/time -f "%M" -o "$work/ft.rss" "$FT" train --data "$work/data.jsonl" --out "$work/run" \
   --max-steps "$STEPS" --batch-size "$BATCH" --grad-accum 1 --lr 2e-4 --warmup-steps 0 --lora-dropout 0 \
-  --save-steps 0 --device cpu 2>/dev/null
-ours=$(python3 - "$work/run/metrics.jsonl" "$work/ft.rss" <<'PY'
+  --save-steps 0 --device cpu --precision "$PRECISION" 2>/dev/null
+ours=$(python3 - "$work/run/metrics.jsonl" "$work/ft.rss" "$PRECISION" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
 steps = rows[1:]  # the first step includes one-off setup
 tokens = sum(r["tokens_per_sec"] * (r["elapsed_s"] - p["elapsed_s"]) for p, r in zip(rows, steps))
 seconds = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]
 rss = int(open(sys.argv[2]).read().split()[-1]) / 1024
-print(f"ft: {len(rows)} steps, {tokens / seconds:.1f} tokens/s, steps 2.. in {seconds:.2f} s, peak RSS {rss:.0f} MiB")
+print(f"ft ({sys.argv[3]}): {len(rows)} steps, {tokens / seconds:.1f} tokens/s, steps 2.. in {seconds:.2f} s, peak RSS {rss:.0f} MiB")
 print(f"RESULT tokens_per_sec={tokens / seconds:.3f} peak_rss_mib={rss:.1f}")
 PY
 )

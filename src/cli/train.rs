@@ -93,6 +93,10 @@ pub struct Args {
     /// for long sequences, at the cost of a second forward of every block.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// f32 (exact: PEFT's numbers) or bf16 (the frozen base's products in bf16 with f32
+    /// accumulation, on CPUs with AVX512_BF16; LoRA weights and optimizer state stay f32).
+    #[arg(long)]
+    precision: Option<ft::train::TrainPrecision>,
 }
 
 impl Args {
@@ -120,7 +124,8 @@ impl Args {
             max_seq_len,
             seed,
             save_steps,
-            save_total_limit
+            save_total_limit,
+            precision
         );
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;

@@ -25,6 +25,7 @@
 
 pub mod attention;
 pub mod backward_path;
+pub mod bf16_matmul;
 mod frozen_linear;
 mod host;
 mod lm_head_loss;

@@ -15,15 +15,16 @@
 //! `ft_kernels`' fused backward kernels, so the same code runs on any device whose forward the
 //! node can hand to the graph (CPU today; the CUDA side adds its `cuda_fwd`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use ft_kernels::bf16_matmul::bf16_linear;
 use ft_kernels::{
     attention_backward, attention_forward, rms_norm, rms_norm_backward, rope, rope_backward,
     swiglu, swiglu_backward,
 };
 
-use crate::linear::{Linear, Weight};
+use crate::linear::{Bf16Weights, Linear, Weight};
 use crate::lora::{LoraAdapter, LoraModule};
 use crate::model::Block;
 
@@ -39,6 +40,8 @@ struct LoraPart {
 #[derive(Clone)]
 struct Projection {
     weight: Tensor,
+    /// The weight in bf16, in bf16 training.
+    bf16: Option<Arc<Bf16Weights>>,
     bias: Option<Tensor>,
     lora: Option<LoraPart>,
 }
@@ -52,10 +55,16 @@ struct ProjectionSaved {
 }
 
 impl Projection {
-    fn new(linear: &Linear, adapter: &LoraAdapter, offset: &mut usize) -> Result<Option<Self>> {
+    fn new(
+        linear: &Linear,
+        adapter: &LoraAdapter,
+        offset: &mut usize,
+        bf16: bool,
+    ) -> Result<Option<Self>> {
         let Weight::Dense(weight) = linear.weight() else {
             return Ok(None);
         };
+        let bf16 = if bf16 { linear.bf16_weights()? } else { None };
         let lora = adapter.module(linear.path()).map(|module| {
             let a_offset = *offset;
             let b_offset = a_offset + module.a.elem_count();
@@ -68,6 +77,7 @@ impl Projection {
         });
         Ok(Some(Self {
             weight: weight.clone(),
+            bf16,
             bias: linear.bias().cloned(),
             lora,
         }))
@@ -75,7 +85,10 @@ impl Projection {
 
     /// `x·Wᵀ + b + scale·dropout(x)·Aᵀ·Bᵀ` for `x: (tokens, in)`, outside the graph.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, ProjectionSaved)> {
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let mut y = match &self.bf16 {
+            Some(w) => bf16_linear(x, &w.forward)?,
+            None => x.matmul(&self.weight.t()?)?,
+        };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -107,10 +120,10 @@ impl Projection {
         need_dx: bool,
         d_params: &mut Vec<(usize, Tensor)>,
     ) -> Result<Option<Tensor>> {
-        let mut dx = if need_dx {
-            Some(dy.matmul(&self.weight)?)
-        } else {
-            None
+        let mut dx = match (need_dx, &self.bf16) {
+            (false, _) => None,
+            (true, Some(w)) => Some(bf16_linear(dy, &w.backward)?),
+            (true, None) => Some(dy.matmul(&self.weight)?),
         };
         if let (Some(part), Some(xa)) = (&self.lora, &saved.xa) {
             let module = &part.module;
@@ -340,6 +353,15 @@ impl CustomOp2 for BlockNode {
     }
 }
 
+/// How a training block runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Mode {
+    /// Recompute the forward in backward instead of keeping its activations.
+    pub checkpoint: bool,
+    /// Frozen products in bf16 (see [`crate::Transformer::set_bf16_training`]).
+    pub bf16: bool,
+}
+
 /// Whether a block's training step can run as one node: a trainable adapter, dense f32
 /// weights on the CPU, the hand-written path on this thread.
 pub(crate) fn applies(x: &Tensor, adapter: &LoraAdapter) -> bool {
@@ -358,14 +380,14 @@ pub(crate) fn forward(
     rope_tables: (&Tensor, &Tensor),
     bias: &Tensor,
     adapter: &LoraAdapter,
-    checkpoint: bool,
+    mode: Mode,
 ) -> Result<Option<Tensor>> {
     let mut offset = 0;
     let mut projections = Vec::with_capacity(7);
     let attention = block.attention().linears();
     let mlp = block.mlp().linears();
     for linear in attention.into_iter().chain(mlp) {
-        match Projection::new(linear, adapter, &mut offset)? {
+        match Projection::new(linear, adapter, &mut offset, mode.bf16)? {
             Some(projection) => projections.push(projection),
             None => return Ok(None),
         }
@@ -397,7 +419,7 @@ pub(crate) fn forward(
     let node = BlockNode {
         parts,
         out: Mutex::new(Some(out.contiguous()?)),
-        saved: Mutex::new(if checkpoint { None } else { Some(saved) }),
+        saved: Mutex::new(if mode.checkpoint { None } else { Some(saved) }),
         need_dx: x.track_op(),
     };
     Ok(Some(x.apply_op2(&params, node)?))

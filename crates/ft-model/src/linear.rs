@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use ft_kernels::bf16_matmul::Bf16Matrix;
 use ft_kernels::quant::QuantMatrix;
 
 use crate::lora::Lora;
@@ -70,6 +71,18 @@ pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
     path: String,
+    /// The weight in bf16, packed for `x·Wᵀ` and `dY·W`, built on first use in bf16 training
+    /// (clones share it).
+    bf16: Arc<std::sync::OnceLock<Arc<Bf16Weights>>>,
+}
+
+/// A dense frozen weight in bf16 for the two products of training.
+#[derive(Debug)]
+pub struct Bf16Weights {
+    /// `W`, for `y = x·Wᵀ`.
+    pub forward: Bf16Matrix,
+    /// `Wᵀ`, for `dX = dY·W`.
+    pub backward: Bf16Matrix,
 }
 
 impl Linear {
@@ -100,7 +113,29 @@ impl Linear {
             weight,
             bias,
             path: format!("{parent}.{name}"),
+            bf16: Arc::default(),
         })
+    }
+
+    /// The weight in bf16 (packed once, on the first call); `None` for a quantized weight.
+    pub fn bf16_weights(&self) -> Result<Option<Arc<Bf16Weights>>> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(None);
+        };
+        if let Some(packed) = self.bf16.get() {
+            return Ok(Some(packed.clone()));
+        }
+        let (rows, cols) = w.dims2()?;
+        let values: Vec<f32> = w
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let packed = Arc::new(Bf16Weights {
+            forward: Bf16Matrix::from_rows(&values, rows, cols),
+            backward: Bf16Matrix::from_rows_transposed(&values, rows, cols),
+        });
+        // Two threads racing here pack the same values; either result is the one kept.
+        Ok(Some(self.bf16.get_or_init(|| packed).clone()))
     }
 
     /// The module path as in PEFT keys, e.g. `model.layers.0.self_attn.q_proj`.

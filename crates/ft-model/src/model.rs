@@ -280,6 +280,8 @@ pub struct Transformer {
     fused: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether training blocks recompute their activations in backward instead of keeping them.
     checkpoint: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether training blocks multiply by their frozen weights in bf16.
+    bf16: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Transformer {
@@ -322,6 +324,7 @@ impl Transformer {
             host: std::sync::OnceLock::new(),
             fused: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             checkpoint: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            bf16: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -363,6 +366,25 @@ impl Transformer {
     pub fn set_gradient_checkpointing(&self, enabled: bool) {
         self.checkpoint
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// bf16 frozen products in training: each training block multiplies by its frozen weights
+    /// in bf16 with f32 accumulation (AVX512_BF16), forward and backward; LoRA weights, their
+    /// gradients, norms, attention and the LM head stay f32. Off by default (f32 is exact);
+    /// clones share the switch. An error on a CPU without AVX512_BF16.
+    pub fn set_bf16_training(&self, enabled: bool) -> Result<()> {
+        if enabled && !ft_kernels::bf16_matmul::available() {
+            candle_core::bail!(
+                "bf16 training needs a CPU with AVX512_BF16 (this one has none); use f32"
+            );
+        }
+        self.bf16
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn bf16_training(&self) -> bool {
+        self.bf16.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn gradient_checkpointing(&self) -> bool {
@@ -509,10 +531,12 @@ impl Transformer {
         };
         for (i, block) in self.layers.iter().enumerate() {
             if let Some((adapter, bias)) = training {
-                let checkpoint = self.gradient_checkpointing();
+                let mode = block_backward::Mode {
+                    checkpoint: self.gradient_checkpointing(),
+                    bf16: self.bf16_training(),
+                };
                 let tables = (&cos, &sin);
-                if let Some(out) =
-                    block_backward::forward(block, &x, tables, bias, adapter, checkpoint)?
+                if let Some(out) = block_backward::forward(block, &x, tables, bias, adapter, mode)?
                 {
                     x = out;
                     continue;

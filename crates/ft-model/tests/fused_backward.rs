@@ -140,3 +140,49 @@ fn qwen2_lora_gradients_equal_the_composed_path() -> Result<()> {
 fn an_adapter_on_some_modules_only_gets_the_same_gradients() -> Result<()> {
     assert_fused_equals_composed_on("tiny-llama", false, 0.0, "q_proj,v_proj,down_proj")
 }
+
+/// bf16 frozen products against the exact f32 path: each LoRA gradient within this fraction of
+/// its largest element (inputs and weights rounded to 8 bits of mantissa, f32 sums).
+const BF16_GRAD_REL_TOL: f32 = 1e-2;
+
+#[test]
+fn bf16_frozen_products_stay_within_their_tolerance_of_f32() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama/model");
+    let model = Model::load(&dir, &Device::Cpu)?;
+    if !ft_kernels::bf16_matmul::available() {
+        // No AVX512_BF16 here: asking for bf16 must say so rather than run the slow reference.
+        let refused = model.transformer.set_bf16_training(true);
+        assert!(
+            refused.is_err(),
+            "bf16 training accepted on a CPU without AVX512_BF16"
+        );
+        return Ok(());
+    }
+    let adapter = adapter(&model, 0.0, "all-linear")?;
+    let config = BatchConfig {
+        batch_size: 3,
+        max_seq_len: 20,
+        packing: false,
+        seed: 5,
+        pad_id: 0,
+    };
+    let batcher = Batcher::new(examples(), config);
+    let exact = gradients(&model, &adapter, &batcher)?;
+    model.transformer.set_bf16_training(true)?;
+    let bf16 = gradients(&model, &adapter, &batcher);
+    model.transformer.set_bf16_training(false)?;
+    let bf16 = bf16?;
+    let mut largest = 0f32;
+    for (((key, _), bf16), exact) in adapter.vars().iter().zip(&bf16).zip(&exact) {
+        let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (bf16 - exact)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        assert!(
+            diff <= BF16_GRAD_REL_TOL,
+            "{key}: bf16 differs from f32 by {diff} relative"
+        );
+        largest = largest.max(diff);
+    }
+    // Not the f32 path under another name: bf16 rounding shows.
+    assert!(largest > 1e-6, "bf16 gradients equal f32's exactly");
+    Ok(())
+}

@@ -61,6 +61,34 @@ pub struct TrainConfig {
     /// Recompute each block's activations in backward instead of keeping them (less memory
     /// for long sequences, about one more forward of time). Changes no number.
     pub gradient_checkpointing: bool,
+    /// `f32` (exact, the default) or `bf16`: the frozen base's products in bf16 with f32
+    /// accumulation (CPUs with AVX512_BF16); LoRA weights, gradients and AdamW stay f32.
+    pub precision: TrainPrecision,
+}
+
+/// The arithmetic of the frozen base's products in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// f32 throughout: PEFT's numbers.
+    #[default]
+    F32,
+    /// bf16 products of the frozen weights, f32 accumulation.
+    Bf16,
+}
+
+impl std::str::FromStr for TrainPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown training precision `{other}`; use f32 or bf16"
+            )),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -92,6 +120,7 @@ impl Default for TrainConfig {
             packing: false,
             train_on_prompt: false,
             gradient_checkpointing: false,
+            precision: TrainPrecision::F32,
         }
     }
 }

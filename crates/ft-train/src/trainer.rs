@@ -273,6 +273,9 @@ impl<'m> Trainer<'m> {
         }
         let transformer = &self.model.model.transformer;
         transformer.set_gradient_checkpointing(self.config.gradient_checkpointing);
+        transformer
+            .set_bf16_training(self.config.precision == crate::config::TrainPrecision::Bf16)
+            .map_err(|e| Error::Setting(format!("precision: {e}")))?;
         let out = self.options.out.clone();
         self.prepare_out_dir()?;
         let train = self.read(&self.options.data, on_event)?;
