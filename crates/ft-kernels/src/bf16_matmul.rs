@@ -182,30 +182,6 @@ impl Bf16Matrix {
     }
 }
 
-/// A frozen weight in bf16 for the two products of training.
-#[derive(Debug)]
-pub struct Bf16Weights {
-    /// `W`, for `y = x·Wᵀ`.
-    pub forward: Bf16Matrix,
-    /// `Wᵀ`, for `dX = dY·W`.
-    pub backward: Bf16Matrix,
-}
-
-impl Bf16Weights {
-    /// Packs a `(rows, cols)` weight tensor both ways.
-    pub fn pack(w: &candle_core::Tensor) -> Result<Self> {
-        let (rows, cols) = w.dims2()?;
-        let values: Vec<f32> = w
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        Ok(Self {
-            forward: Bf16Matrix::from_rows(&values, rows, cols),
-            backward: Bf16Matrix::from_rows_transposed(&values, rows, cols),
-        })
-    }
-}
-
 /// `x: (.., cols)` f32 (CPU) → `x·Wᵀ: (.., rows)`, outside any graph (the training block's
 /// hand-written backward calls it for its frozen products).
 pub fn bf16_linear(x: &candle_core::Tensor, w: &Bf16Matrix) -> Result<candle_core::Tensor> {

@@ -26,17 +26,6 @@ const CHUNK_TOKENS: usize = 128;
 /// # Shapes
 /// `hidden: (n, hidden)`, `weight: (vocab, hidden)` frozen, `targets: n` ids → `(n)`.
 pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    lm_head_nll_with(hidden, weight, None, targets)
-}
-
-/// [`lm_head_nll`], with the fused op's two products by `bf16` (the same weight in bf16) when
-/// given: bf16 training.
-pub fn lm_head_nll_with(
-    hidden: &Tensor,
-    weight: &Tensor,
-    bf16: Option<&crate::bf16_matmul::Bf16Weights>,
-    targets: &[u32],
-) -> Result<Tensor> {
     let (n, _) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
     if targets.len() != n {
@@ -56,19 +45,12 @@ pub fn lm_head_nll_with(
     let mut d_hidden = Vec::new();
     for start in (0..n).step_by(CHUNK_TOKENS) {
         let len = CHUNK_TOKENS.min(n - start);
-        let chunk = frozen.narrow(0, start, len)?;
-        let logits = match bf16 {
-            Some(w) => crate::bf16_matmul::bf16_linear(&chunk, &w.forward)?,
-            None => chunk.matmul(&weight.t()?)?,
-        }; // (len, vocab)
+        let logits = frozen.narrow(0, start, len)?.matmul(&weight.t()?)?; // (len, vocab)
         let chunk_targets = &targets[start..start + len];
         let (chunk_nll, d_logits) = softmax_minus_onehot(&logits, chunk_targets, vocab)?;
         nll.extend(chunk_nll);
         let d_logits = Tensor::from_vec(d_logits, (len, vocab), hidden.device())?;
-        d_hidden.push(match bf16 {
-            Some(w) => crate::bf16_matmul::bf16_linear(&d_logits, &w.backward)?,
-            None => d_logits.matmul(weight)?,
-        });
+        d_hidden.push(d_logits.matmul(weight)?);
     }
     let op = LmHeadNll {
         nll: Mutex::new(Some(nll)),

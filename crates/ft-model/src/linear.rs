@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-pub use ft_kernels::bf16_matmul::Bf16Weights;
+use ft_kernels::bf16_matmul::Bf16Matrix;
 use ft_kernels::quant::QuantMatrix;
 
 use crate::lora::Lora;
@@ -76,6 +76,15 @@ pub struct Linear {
     bf16: Arc<std::sync::OnceLock<Arc<Bf16Weights>>>,
 }
 
+/// A dense frozen weight in bf16 for the two products of training.
+#[derive(Debug)]
+pub struct Bf16Weights {
+    /// `W`, for `y = x·Wᵀ`.
+    pub forward: Bf16Matrix,
+    /// `Wᵀ`, for `dX = dY·W`.
+    pub backward: Bf16Matrix,
+}
+
 impl Linear {
     /// Loads `weight` (`(out, in)`, from `quantized` when it holds it) and, when `bias` is set,
     /// `bias` from `vb`; `parent` is the module path of the enclosing block, e.g.
@@ -116,7 +125,15 @@ impl Linear {
         if let Some(packed) = self.bf16.get() {
             return Ok(Some(packed.clone()));
         }
-        let packed = Arc::new(Bf16Weights::pack(w)?);
+        let (rows, cols) = w.dims2()?;
+        let values: Vec<f32> = w
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let packed = Arc::new(Bf16Weights {
+            forward: Bf16Matrix::from_rows(&values, rows, cols),
+            backward: Bf16Matrix::from_rows_transposed(&values, rows, cols),
+        });
         // Two threads racing here pack the same values; either result is the one kept.
         Ok(Some(self.bf16.get_or_init(|| packed).clone()))
     }

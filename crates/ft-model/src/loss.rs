@@ -69,10 +69,7 @@ pub fn causal_lm_loss(
     let predicting = predicting.index_select(&index, 0)?; // (labels, hidden)
     let nll = match model.lm_head() {
         // The LM head and the cross-entropy in one op: no (labels, vocab) buffer kept.
-        Weight::Dense(w) => {
-            let bf16 = model.lm_head_bf16()?;
-            ft_kernels::lm_head_nll_with(&predicting, w, bf16.as_deref(), &targets)?
-        }
+        Weight::Dense(w) => ft_kernels::lm_head_nll(&predicting, w, &targets)?,
         Weight::Quantized(_) => {
             let logits = model.logits(&predicting)?; // (labels, vocab)
             let targets = Tensor::from_vec(targets, num_labels, device)?;

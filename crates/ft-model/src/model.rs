@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::fused_decode::{self, HostWeights, RowCaches};
 use crate::inputs::attention_bias;
 pub use crate::inputs::Inputs;
-use crate::linear::{Bf16Weights, Linear, QuantizedWeights, Weight};
+use crate::linear::{Linear, QuantizedWeights, Weight};
 use crate::lora::Lora;
 use ft_kernels::attention::decode_attention_tensors;
 use ft_kernels::{rms_norm, rope, RopeTables};
@@ -282,8 +282,6 @@ pub struct Transformer {
     checkpoint: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether training blocks multiply by their frozen weights in bf16.
     bf16: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The LM head in bf16, packed on the first bf16 training step.
-    lm_head_bf16: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<Bf16Weights>>>,
 }
 
 impl Transformer {
@@ -327,7 +325,6 @@ impl Transformer {
             fused: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             checkpoint: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
             bf16: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            lm_head_bf16: std::sync::Arc::default(),
         })
     }
 
@@ -388,21 +385,6 @@ impl Transformer {
 
     fn bf16_training(&self) -> bool {
         self.bf16.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The dense LM head in bf16 while bf16 training is on (packed once), else `None`.
-    pub(crate) fn lm_head_bf16(&self) -> Result<Option<std::sync::Arc<Bf16Weights>>> {
-        let Weight::Dense(w) = &self.lm_head else {
-            return Ok(None);
-        };
-        if !self.bf16_training() {
-            return Ok(None);
-        }
-        if let Some(packed) = self.lm_head_bf16.get() {
-            return Ok(Some(packed.clone()));
-        }
-        let packed = std::sync::Arc::new(Bf16Weights::pack(w)?);
-        Ok(Some(self.lm_head_bf16.get_or_init(|| packed).clone()))
     }
 
     fn gradient_checkpointing(&self) -> bool {
