@@ -4,8 +4,8 @@
 # hyperparameters (batch 4, r 8, alpha 16, all linear, dropout 0, lr 2e-4, clip 1.0), f32, CPU,
 # 2 threads, same number of steps, in one invocation.
 #   scripts/bench/train-vs-peft.sh [--steps 8] [--data FILE --batch-size N] [--precision f32|bf16]
-# --precision bf16 runs ft's frozen products in bf16 (AVX512_BF16); PEFT stays f32, the anchor
-# a user replaces.
+# --precision bf16 runs ft's frozen products in bf16 (AVX512_BF16), and PEFT both in f32 (the
+# loop a user replaces) and under torch.autocast("cpu", bfloat16) (PyTorch's own bf16).
 # With --data (e.g. datasets/seed-demo.jsonl --batch-size 1 --steps 30: the seed demo's loop)
 # that file is used as it is instead of the merged support set.
 set -euo pipefail
@@ -56,11 +56,20 @@ print(f"ft ({sys.argv[3]}): {len(rows)} steps, {tokens / seconds:.1f} tokens/s, 
 print(f"RESULT tokens_per_sec={tokens / seconds:.3f} peak_rss_mib={rss:.1f}")
 PY
 )
-theirs=$("$PYTHON" scripts/bench/train_peft.py --data "$work/data.jsonl" --steps "$STEPS" --batch-size "$BATCH" 2>/dev/null)
-printf '%s\n' "$ours" "$theirs" | grep -v '^RESULT'
+# compare LABEL PEFT_OUTPUT: prints PEFT's line and the ratios of ft against it.
 value() { printf '%s\n' "$1" | sed -n "s/^RESULT.*$2=\([0-9.]*\).*/\1/p"; }
-python3 - "$(value "$ours" tokens_per_sec)" "$(value "$theirs" tokens_per_sec)" "$(value "$ours" peak_rss_mib)" "$(value "$theirs" peak_rss_mib)" <<'PY'
+compare() {
+  printf '%s\n' "$2" | grep -v '^RESULT'
+  python3 - "$1" "$(value "$ours" tokens_per_sec)" "$(value "$2" tokens_per_sec)" "$(value "$ours" peak_rss_mib)" "$(value "$2" peak_rss_mib)" <<'PY'
 import sys
-ours, peft, ours_rss, peft_rss = map(float, sys.argv[1:])
-print(f"ratio ft/PEFT tokens/s: {ours / peft:.2f}x (wall time of the steps {peft / ours:.2f}x)   peak RSS ft/PEFT: {ours_rss / peft_rss:.2f}x")
+label = sys.argv[1]
+ours, peft, ours_rss, peft_rss = map(float, sys.argv[2:])
+print(f"ratio ft/{label} tokens/s: {ours / peft:.2f}x (wall time of the steps {peft / ours:.2f}x)   peak RSS ft/{label}: {ours_rss / peft_rss:.2f}x")
 PY
+}
+printf '%s\n' "$ours" | grep -v '^RESULT'
+peft_args=(--data "$work/data.jsonl" --steps "$STEPS" --batch-size "$BATCH")
+compare PEFT "$("$PYTHON" scripts/bench/train_peft.py "${peft_args[@]}" 2>/dev/null)"
+if [ "$PRECISION" = bf16 ]; then
+  compare "PEFT-autocast-bf16" "$("$PYTHON" scripts/bench/train_peft.py "${peft_args[@]}" --autocast-bf16 2>/dev/null)"
+fi

@@ -2,7 +2,11 @@
 data (a chat JSONL), masks (assistant tokens only, via the {% generation %}-tagged template),
 batching (batch 4, padded, in file order), LoRA (r 8, alpha 16, all linear, dropout 0), AdamW
 (lr 2e-4, wd 0), clipping 1.0 and number of steps as `ft train` in the same script. CPU, f32,
-2 threads. Prints tokens/s (padding excluded, first step excluded) and peak RSS."""
+2 threads. Prints tokens/s (padding excluded, first step excluded) and peak RSS. With
+--autocast-bf16 the forward runs under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's
+mixed precision (weights and optimizer f32), the anchor of `ft train --precision bf16`."""
+
+import contextlib
 
 import argparse
 import json
@@ -19,6 +23,7 @@ parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--batch-size", type=int, default=4)
 parser.add_argument("--model-dir", default="models")
 parser.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
+parser.add_argument("--autocast-bf16", action="store_true")
 args = parser.parse_args()
 
 torch.set_num_threads(2)
@@ -48,7 +53,9 @@ for step in range(args.steps):
     labels = torch.tensor([b[1] + [-100] * (width - len(b[1])) for b in batch])
     mask = torch.tensor([[1] * len(b[0]) + [0] * (width - len(b[0])) for b in batch])
     start = time.perf_counter()
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast_bf16 else contextlib.nullcontext()
+    with autocast:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
@@ -57,5 +64,5 @@ for step in range(args.steps):
     tokens.append(int(mask.sum()))
 tokens_per_sec = sum(tokens[1:]) / sum(times[1:])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"PyTorch+PEFT: {args.steps} steps, batch {args.batch_size}, {tokens_per_sec:.1f} tokens/s, peak RSS {peak:.0f} MiB")
+print(f"PyTorch+PEFT{' (autocast bf16)' if args.autocast_bf16 else ''}: {args.steps} steps, batch {args.batch_size}, {tokens_per_sec:.1f} tokens/s, peak RSS {peak:.0f} MiB")
 print(f"RESULT tokens_per_sec={tokens_per_sec:.3f} peak_rss_mib={peak:.1f}")
