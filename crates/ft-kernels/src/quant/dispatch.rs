@@ -92,6 +92,32 @@ macro_rules! safe_kernel {
     }};
 }
 
+/// The kernel `$wrap!(isa module, name)` of a 32-wide type for `isa`, or `None` (other types,
+/// other instruction sets).
+macro_rules! wide_kernel {
+    ($isa:expr, $ty:expr, $wrap:ident, $q4_0:ident, $q4_1:ident, $q5_0:ident, $q5_1:ident, $q8_0:ident) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => wide_kernel!(@types avx2, $ty, $wrap, $q4_0, $q4_1, $q5_0, $q5_1, $q8_0),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => wide_kernel!(@types vnni, $ty, $wrap, $q4_0, $q4_1, $q5_0, $q5_1, $q8_0),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => wide_kernel!(@types avxvnni, $ty, $wrap, $q4_0, $q4_1, $q5_0, $q5_1, $q8_0),
+            _ => None,
+        }
+    };
+    (@types $m:ident, $ty:expr, $wrap:ident, $q4_0:ident, $q4_1:ident, $q5_0:ident, $q5_1:ident, $q8_0:ident) => {
+        match $ty {
+            QuantType::Q4_0 => $wrap!($m, $q4_0),
+            QuantType::Q4_1 => $wrap!($m, $q4_1),
+            QuantType::Q5_0 => $wrap!($m, $q5_0),
+            QuantType::Q5_1 => $wrap!($m, $q5_1),
+            QuantType::Q8_0 => $wrap!($m, $q8_0),
+            _ => None,
+        }
+    };
+}
+
 /// A multi-row kernel: one weight row against `N` activation rows.
 pub type RowDotN<const N: usize> = fn(&[u8], &[XRow; N]) -> [f32; N];
 
@@ -107,27 +133,16 @@ macro_rules! safe_kernel_rows {
 
 /// The `N`-row kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
 pub fn kernel_rows_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<RowDotN<N>> {
-    macro_rules! table {
-        ($isa:ident) => {
-            match ty {
-                QuantType::Q4_0 => safe_kernel_rows!($isa, q4_0_rows),
-                QuantType::Q4_1 => safe_kernel_rows!($isa, q4_1_rows),
-                QuantType::Q5_0 => safe_kernel_rows!($isa, q5_0_rows),
-                QuantType::Q5_1 => safe_kernel_rows!($isa, q5_1_rows),
-                QuantType::Q8_0 => safe_kernel_rows!($isa, q8_0_rows),
-                _ => None,
-            }
-        };
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => table!(avx2),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => table!(vnni),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => table!(avxvnni),
-        _ => None,
-    }
+    wide_kernel!(
+        isa,
+        ty,
+        safe_kernel_rows,
+        q4_0_rows,
+        q4_1_rows,
+        q5_0_rows,
+        q5_1_rows,
+        q8_0_rows
+    )
 }
 
 /// Weight rows of one tile kernel call: eight, the lanes of an AVX2 f32 vector.
@@ -151,27 +166,16 @@ macro_rules! safe_kernel_tile {
 
 /// The tile kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
 pub fn kernel_tile_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<TileDot<N>> {
-    macro_rules! table {
-        ($isa:ident) => {
-            match ty {
-                QuantType::Q4_0 => safe_kernel_tile!($isa, q4_0_tile),
-                QuantType::Q4_1 => safe_kernel_tile!($isa, q4_1_tile),
-                QuantType::Q5_0 => safe_kernel_tile!($isa, q5_0_tile),
-                QuantType::Q5_1 => safe_kernel_tile!($isa, q5_1_tile),
-                QuantType::Q8_0 => safe_kernel_tile!($isa, q8_0_tile),
-                _ => None,
-            }
-        };
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => table!(avx2),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => table!(vnni),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => table!(avxvnni),
-        _ => None,
-    }
+    wide_kernel!(
+        isa,
+        ty,
+        safe_kernel_tile,
+        q4_0_tile,
+        q4_1_tile,
+        q5_0_tile,
+        q5_1_tile,
+        q8_0_tile
+    )
 }
 
 /// The kernel of `ty` for `isa` (which must be one of [`Isa::available`]).
