@@ -35,6 +35,7 @@ mod norm;
 pub mod quant;
 mod rope;
 mod sequence_attention;
+pub mod small_matmul;
 pub mod spin_pool;
 mod swiglu;
 #[cfg(test)]

@@ -45,12 +45,19 @@ pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<
     let mut d_hidden = Vec::new();
     for start in (0..n).step_by(CHUNK_TOKENS) {
         let len = CHUNK_TOKENS.min(n - start);
-        let logits = frozen.narrow(0, start, len)?.matmul(&weight.t()?)?; // (len, vocab)
+        let chunk = frozen.narrow(0, start, len)?.contiguous()?;
+        let logits = match crate::small_matmul::x_wt_tensor(&chunk, weight)? {
+            Some(logits) => logits,
+            None => chunk.matmul(&weight.t()?)?,
+        }; // (len, vocab)
         let chunk_targets = &targets[start..start + len];
         let (chunk_nll, d_logits) = softmax_minus_onehot(&logits, chunk_targets, vocab)?;
         nll.extend(chunk_nll);
         let d_logits = Tensor::from_vec(d_logits, (len, vocab), hidden.device())?;
-        d_hidden.push(d_logits.matmul(weight)?);
+        d_hidden.push(match crate::small_matmul::x_w_tensor(&d_logits, weight)? {
+            Some(d) => d,
+            None => d_logits.matmul(weight)?,
+        });
     }
     let op = LmHeadNll {
         nll: Mutex::new(Some(nll)),

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use ft_kernels::bf16_matmul::bf16_linear;
+use ft_kernels::small_matmul::{x_w_tensor, x_wt_tensor};
 use ft_kernels::{
     attention_backward, attention_forward, rms_norm, rms_norm_backward, rope, rope_backward,
     swiglu, swiglu_backward,
@@ -87,7 +88,10 @@ impl Projection {
     fn forward(&self, x: &Tensor) -> Result<(Tensor, ProjectionSaved)> {
         let mut y = match &self.bf16 {
             Some(w) => bf16_linear(x, &w.forward)?,
-            None => x.matmul(&self.weight.t()?)?,
+            None => match x_wt_tensor(x, &self.weight)? {
+                Some(y) => y,
+                None => x.matmul(&self.weight.t()?)?,
+            },
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
@@ -123,7 +127,10 @@ impl Projection {
         let mut dx = match (need_dx, &self.bf16) {
             (false, _) => None,
             (true, Some(w)) => Some(bf16_linear(dy, &w.backward)?),
-            (true, None) => Some(dy.matmul(&self.weight)?),
+            (true, None) => match x_w_tensor(dy, &self.weight)? {
+                Some(dx) => Some(dx),
+                None => Some(dy.matmul(&self.weight)?),
+            },
         };
         if let (Some(part), Some(xa)) = (&self.lora, &saved.xa) {
             let module = &part.module;
