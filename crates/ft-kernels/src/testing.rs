@@ -25,3 +25,16 @@ pub(crate) fn grad_of(y: &Tensor, upstream: &Tensor, x: &Tensor) -> Result<Tenso
         None => candle_core::bail!("no gradient reached the input"),
     }
 }
+
+/// `n` deterministic pseudo-random values in [-1, 1] (xorshift from `seed`).
+pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 20001) as f32 / 10000.0 - 1.0
+        })
+        .collect()
+}
