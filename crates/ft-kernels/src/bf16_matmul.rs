@@ -12,6 +12,8 @@
 
 use candle_core::Result;
 
+use crate::host::SharedOut;
+
 /// Output columns per panel: two 16-lane f32 vectors.
 pub const PANEL: usize = 32;
 /// Activation rows per kernel call.
@@ -158,7 +160,7 @@ impl Bf16Matrix {
         self.check(x, m)?;
         let a = self.round_activations(x, m);
         let mut y = vec![0f32; m * self.rows];
-        let out = OutPtr(y.as_mut_ptr());
+        let out = SharedOut(y.as_mut_ptr());
         let panels = self.rows.div_ceil(PANEL);
         crate::threads::parallel_for(panels, &|panel| {
             let columns = PANEL.min(self.rows - panel * PANEL);
@@ -208,19 +210,6 @@ pub fn available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint panels of one buffer that outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` places in (a method, so closures capture the whole `Send` value).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

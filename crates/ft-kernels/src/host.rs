@@ -48,3 +48,17 @@ pub fn hand_over_output(
     with_f32(&out, op, |data| Ok(CpuStorage::F32(data.to_vec())))
         .map(|storage| (storage, out.shape().clone()))
 }
+
+/// An output buffer that the tasks of one parallel region write in disjoint parts.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint elements of one buffer that outlives the region.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `offset` places in (a method, so closures capture the whole `Send` value).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}

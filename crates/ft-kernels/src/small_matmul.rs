@@ -10,7 +10,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::host::with_f32;
+use crate::host::{with_f32, SharedOut};
 
 /// Most activation rows for which these kernels beat gemm (measured on SmolLM2's shapes).
 pub const MAX_ROWS: usize = 64;
@@ -27,18 +27,6 @@ pub fn available() -> bool {
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint parts of one buffer that outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Weight rows per task of [`x_wt`].
 const ROWS_PER_TASK: usize = 64;
 
@@ -48,13 +36,13 @@ pub fn x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f3
         return None;
     }
     let mut y = vec![0f32; m * n];
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SharedOut(y.as_mut_ptr());
     crate::threads::parallel_for(n.div_ceil(ROWS_PER_TASK), &|t| {
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
         // SAFETY: AVX-512 is available; this task writes columns `rows` of y only.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::x_wt(x, m, w, k, rows, out.get(), n)
+            x86::x_wt(x, m, w, k, rows, out.at(0), n)
         };
     });
     Some(y)
@@ -66,13 +54,13 @@ pub fn x_w(dy: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f3
         return None;
     }
     let mut y = vec![0f32; m * k];
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SharedOut(y.as_mut_ptr());
     crate::threads::parallel_for(k.div_ceil(x86_cols()), &|t| {
         let cols = t * x86_cols()..((t + 1) * x86_cols()).min(k);
         // SAFETY: AVX-512 is available; this task writes columns `cols` of y only.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::x_w(dy, m, w, n, k, cols, out.get())
+            x86::x_w(dy, m, w, n, k, cols, out.at(0))
         };
     });
     Some(y)
