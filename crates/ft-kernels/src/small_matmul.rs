@@ -29,6 +29,8 @@ pub fn available() -> bool {
 
 /// Weight rows per task of [`x_wt`].
 const ROWS_PER_TASK: usize = 64;
+/// Output columns per task of [`x_w`]: two vectors.
+const COLS_PER_TASK: usize = 32;
 
 /// `x: (m, k)` · `Wᵀ` for `w: (n, k)`, both row-major → `(m, n)`; `None` without AVX-512.
 pub fn x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
@@ -55,8 +57,8 @@ pub fn x_w(dy: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f3
     }
     let mut y = vec![0f32; m * k];
     let out = SharedOut(y.as_mut_ptr());
-    crate::threads::parallel_for(k.div_ceil(x86_cols()), &|t| {
-        let cols = t * x86_cols()..((t + 1) * x86_cols()).min(k);
+    crate::threads::parallel_for(k.div_ceil(COLS_PER_TASK), &|t| {
+        let cols = t * COLS_PER_TASK..((t + 1) * COLS_PER_TASK).min(k);
         // SAFETY: AVX-512 is available; this task writes columns `cols` of y only.
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -64,11 +66,6 @@ pub fn x_w(dy: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f3
         };
     });
     Some(y)
-}
-
-/// Output columns per task of [`x_w`]: two vectors.
-const fn x86_cols() -> usize {
-    32
 }
 
 /// `x: (m, k)` · `wᵀ` for `w: (n, k)` (f32, CPU) when `m ≤ MAX_ROWS` and the kernels run here;

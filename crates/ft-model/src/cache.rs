@@ -128,6 +128,19 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Bytes of keys and values one cached token of one row takes, over all layers (0 while
+    /// nothing is allocated).
+    pub fn bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|layer| layer.buffers.as_ref())
+            .map(|(k, _)| {
+                let (_, heads, _, head_dim) = k.dims4().unwrap_or((0, 0, 0, 0));
+                2 * heads * head_dim * k.dtype().size_in_bytes()
+            })
+            .sum()
+    }
+
     /// A copy of row 0's first `n` slots, per layer `(keys, values)` of shape `(1, kv_heads, n,
     /// head_dim)`: storage of its own, so later appends to this cache never reach it (a
     /// server keeps a prompt's keys and values to reuse them for the next prompt that starts

@@ -466,9 +466,11 @@ impl Scheduler {
         let caches = cache.split_rows(&lens, &capacities)?;
         if self.shared.config.prefix_cache_bytes > 0 {
             for (request, cache) in requests.iter().zip(&caches) {
-                let kv = cache.copy_prefix(request.prompt_ids.len())?;
+                let prompt = &request.prompt_ids;
+                let copy = || cache.copy_prefix(prompt.len());
+                let per_token = cache.bytes_per_token();
                 self.prefixes
-                    .insert(adapter_of(request), &request.prompt_ids, kv);
+                    .insert(adapter_of(request), prompt, per_token, copy)?;
             }
         }
         let mut started = Vec::with_capacity(rows);

@@ -104,19 +104,20 @@ impl<A> PrefixCache<A> {
         })
     }
 
-    /// Keeps the keys and values of `tokens` (a prompt) under `adapter`. An entry that already
-    /// starts with the whole prompt makes this a no-op; entries that are a prefix of it are
-    /// replaced (the new one serves every lookup they would).
-    pub fn insert(&mut self, adapter: Option<&Arc<A>>, tokens: &[u32], kv: Vec<(Tensor, Tensor)>) {
-        if self.capacity == 0 || tokens.len() < MIN_REUSED_TOKENS {
-            return;
-        }
-        let bytes: usize = kv
-            .iter()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum();
-        if bytes > self.capacity {
-            return;
+    /// Keeps the keys and values of `tokens` (a prompt) under `adapter`, `bytes_per_token`
+    /// each; `kv` copies them out, and is called only when they will be stored. An entry that
+    /// already starts with the whole prompt makes this a no-op; entries that are a prefix of it
+    /// are replaced (the new one serves every lookup they would).
+    pub fn insert(
+        &mut self,
+        adapter: Option<&Arc<A>>,
+        tokens: &[u32],
+        bytes_per_token: usize,
+        kv: impl FnOnce() -> candle_core::Result<Vec<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<()> {
+        let bytes = tokens.len() * bytes_per_token;
+        if self.capacity == 0 || tokens.len() < MIN_REUSED_TOKENS || bytes > self.capacity {
+            return Ok(());
         }
         self.clock += 1;
         let clock = self.clock;
@@ -126,8 +127,9 @@ impl<A> PrefixCache<A> {
             .find(|e| e.serves(adapter) && e.tokens.starts_with(tokens))
         {
             covering.last_used = clock;
-            return;
+            return Ok(());
         }
+        let kv = kv()?;
         // Orphaned entries can never match again; prefixes of this prompt are covered by it.
         let redundant = |e: &Entry<A>| e.serves(adapter) && tokens.starts_with(&e.tokens);
         self.entries.retain(|e| !(e.orphaned() || redundant(e)));
@@ -147,6 +149,7 @@ impl<A> PrefixCache<A> {
             last_used: clock,
         });
         self.bytes += bytes;
+        Ok(())
     }
 }
 
@@ -154,6 +157,9 @@ impl<A> PrefixCache<A> {
 mod tests {
     use super::*;
     use candle_core::{Device, Result};
+
+    /// Bytes per token of [`kv`]'s entries: 2 layers · keys and values · 4 values · 4 bytes.
+    const PER_TOKEN: usize = 64;
 
     /// Two layers of keys/values of `n` tokens: 2 · 2 · n · 4 values of 4 bytes.
     fn kv(n: usize) -> Result<Vec<(Tensor, Tensor)>> {
@@ -165,7 +171,7 @@ mod tests {
     fn finds_the_longest_common_prefix_and_leaves_the_last_token() -> Result<()> {
         let mut cache = PrefixCache::<u8>::new(1 << 20);
         let a: Vec<u32> = (0..20).collect();
-        cache.insert(None, &a, kv(20)?);
+        cache.insert(None, &a, PER_TOKEN, || kv(20))?;
         let mut b = a[..12].to_vec();
         b.extend([99, 98, 97]);
         assert_eq!(cache.lookup(None, &b).map(|r| r.tokens), Some(12));
@@ -181,10 +187,10 @@ mod tests {
     fn entries_match_only_their_adapter() -> Result<()> {
         let mut cache = PrefixCache::<u8>::new(1 << 20);
         let prompt: Vec<u32> = (0..20).collect();
-        cache.insert(None, &prompt, kv(20)?);
+        cache.insert(None, &prompt, PER_TOKEN, || kv(20))?;
         let adapter = Arc::new(1u8);
         assert!(cache.lookup(Some(&adapter), &prompt).is_none());
-        cache.insert(Some(&adapter), &prompt, kv(20)?);
+        cache.insert(Some(&adapter), &prompt, PER_TOKEN, || kv(20))?;
         assert_eq!(
             cache.lookup(Some(&adapter), &prompt).map(|r| r.tokens),
             Some(19)
@@ -199,10 +205,10 @@ mod tests {
         // Each 16-token entry: 2 layers · 2 · 16 · 4 · 4 bytes = 1 KiB.
         let mut cache = PrefixCache::<u8>::new(2048);
         let prompt = |first: u32| (first..first + 16).collect::<Vec<u32>>();
-        cache.insert(None, &prompt(0), kv(16)?);
-        cache.insert(None, &prompt(100), kv(16)?);
+        cache.insert(None, &prompt(0), PER_TOKEN, || kv(16))?;
+        cache.insert(None, &prompt(100), PER_TOKEN, || kv(16))?;
         assert!(cache.lookup(None, &prompt(0)).is_some()); // 0 is now the newer
-        cache.insert(None, &prompt(200), kv(16)?);
+        cache.insert(None, &prompt(200), PER_TOKEN, || kv(16))?;
         assert_eq!(cache.bytes(), 2048);
         assert!(cache.lookup(None, &prompt(100)).is_none());
         assert!(cache.lookup(None, &prompt(0)).is_some());
@@ -215,10 +221,12 @@ mod tests {
         let mut cache = PrefixCache::<u8>::new(1 << 20);
         let short: Vec<u32> = (0..16).collect();
         let long: Vec<u32> = (0..32).collect();
-        cache.insert(None, &short, kv(16)?);
-        cache.insert(None, &long, kv(32)?);
+        cache.insert(None, &short, PER_TOKEN, || kv(16))?;
+        cache.insert(None, &long, PER_TOKEN, || kv(32))?;
         assert_eq!(cache.bytes(), 2048);
-        cache.insert(None, &short, kv(16)?);
+        cache.insert(None, &short, PER_TOKEN, || {
+            candle_core::bail!("copied the keys and values of a covered prompt")
+        })?;
         assert_eq!(cache.bytes(), 2048);
         assert_eq!(cache.lookup(None, &short).map(|r| r.tokens), Some(15));
         Ok(())
