@@ -158,9 +158,9 @@ fn matmul_matches_reference_for_model_shapes_and_batches() -> Result<()> {
         } else {
             (576, 1536)
         };
-        // 1: the row kernels; from 2 the 32-wide types take the tile kernels (eight weight
-        // rows by four activation rows, ragged ends by the row kernels); 32: `ft serve`'s
-        // largest decode batch.
+        // The 32-wide types go through the tile kernels (eight weight rows by four activation
+        // rows, then one at a time for the rest of the batch); the K-quants through the row
+        // kernels. 32: `ft serve`'s largest decode batch.
         for batch in [1, 2, 3, 5, 13, 16, 32] {
             check_matmul(ty, narrow, wide, batch)?;
             check_matmul(ty, wide, narrow, batch)?;

@@ -118,33 +118,6 @@ macro_rules! wide_kernel {
     };
 }
 
-/// A multi-row kernel: one weight row against `N` activation rows.
-pub type RowDotN<const N: usize> = fn(&[u8], &[XRow; N]) -> [f32; N];
-
-macro_rules! safe_kernel_rows {
-    ($isa:ident, $name:ident) => {{
-        fn kernel<const N: usize>(row: &[u8], x: &[XRow; N]) -> [f32; N] {
-            // SAFETY: as in `safe_kernel`; the rows have the same width.
-            unsafe { super::x86::$isa::$name::<N>(row, x) }
-        }
-        Some(kernel::<N> as RowDotN<N>)
-    }};
-}
-
-/// The `N`-row kernel of `ty` for `isa`, where there is one (the 32-wide types on x86).
-pub fn kernel_rows_for<const N: usize>(isa: Isa, ty: QuantType) -> Option<RowDotN<N>> {
-    wide_kernel!(
-        isa,
-        ty,
-        safe_kernel_rows,
-        q4_0_rows,
-        q4_1_rows,
-        q5_0_rows,
-        q5_1_rows,
-        q8_0_rows
-    )
-}
-
 /// Weight rows of one tile kernel call: eight, the lanes of an AVX2 f32 vector.
 pub const TILE_ROWS: usize = 8;
 

@@ -6,9 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::activation::{QuantizedRows, XRow};
-use super::dispatch::{
-    isa, kernel_for, kernel_rows_for, kernel_tile_for, Isa, RowDot, RowDotN, TileDot, TILE_ROWS,
-};
+use super::dispatch::{isa, kernel_for, kernel_tile_for, Isa, RowDot, TileDot, TILE_ROWS};
 use super::format::QuantMatrix;
 
 /// Activation rows per cache tile: a tile of 16-bit rows (64 · 1536 · 2 bytes = 192 KiB at
@@ -58,9 +56,8 @@ const TILE_X_ROWS: usize = 4;
 
 /// The kernels of one product, picked once per call.
 struct Kernels {
+    /// The row kernel, for the types without tiles (K-quants) and the reference.
     one: RowDot,
-    rows8: Option<RowDotN<8>>,
-    rows4: Option<RowDotN<4>>,
     tile: Option<TileDot<TILE_X_ROWS>>,
     tile1: Option<TileDot<1>>,
 }
@@ -109,29 +106,8 @@ impl Kernels {
         }
         for r in r..columns.end {
             let row = w.row(r);
-            let mut b = 0;
-            if let Some(rows8) = self.rows8 {
-                while b + 8 <= x.len() {
-                    let group: [_; 8] = std::array::from_fn(|j| x[b + j]);
-                    for (j, value) in rows8(row, &group).into_iter().enumerate() {
-                        // SAFETY: column r of row first_x + b + j is this task's.
-                        unsafe { out.write((first_x + b + j) * rows + r, value) };
-                    }
-                    b += 8;
-                }
-            }
-            if let Some(rows4) = self.rows4 {
-                while b + 4 <= x.len() {
-                    let group = [x[b], x[b + 1], x[b + 2], x[b + 3]];
-                    for (j, value) in rows4(row, &group).into_iter().enumerate() {
-                        // SAFETY: as above.
-                        unsafe { out.write((first_x + b + j) * rows + r, value) };
-                    }
-                    b += 4;
-                }
-            }
-            for (b, x_row) in x.iter().enumerate().skip(b) {
-                // SAFETY: as above.
+            for (b, x_row) in x.iter().enumerate() {
+                // SAFETY: column r of row first_x + b is this task's.
                 unsafe { out.write((first_x + b) * rows + r, (self.one)(row, *x_row)) };
             }
         }
@@ -171,8 +147,6 @@ pub fn matmul_many_with(
     let xq = QuantizedRows::quantize(x, batch, cols, ty.block_len());
     let kernels = Kernels {
         one: kernel_for(isa, ty),
-        rows8: kernel_rows_for::<8>(isa, ty),
-        rows4: kernel_rows_for::<4>(isa, ty),
         tile: kernel_tile_for::<TILE_X_ROWS>(isa, ty),
         tile1: kernel_tile_for::<1>(isa, ty),
     };

@@ -114,7 +114,7 @@ macro_rules! kernels {
             /// at byte 2. Two blocks per iteration with their own accumulators, so the f32
             /// dependency chains overlap.
             macro_rules! dot32 {
-                ($name:ident, $name4:ident, $tile:ident, $bytes:expr, $has_min:expr, |$b:ident| $weights:expr) => {
+                ($name:ident, $tile:ident, $bytes:expr, $has_min:expr, |$b:ident| $weights:expr) => {
                     /// [`TILE_ROWS`] weight rows against `N` activation rows: the block sums of
                     /// the eight weight rows land in the eight lanes of one vector (a
                     /// horizontal-add tree), so the scales multiply and accumulate once per
@@ -197,42 +197,6 @@ macro_rules! kernels {
                         out
                     }
 
-                    /// `N` activation rows against one weight row: each block's weights are
-                    /// unpacked and widened once for all of them (batched decode, short
-                    /// prompts).
-                    #[target_feature(enable = $features)]
-                    pub unsafe fn $name4<const N: usize>(row: &[u8], x: &[XRow; N]) -> [f32; N] {
-                        let nb = x[0].scales.len();
-                        debug_assert_eq!(row.len(), nb * $bytes);
-                        debug_assert!(x.iter().all(|r| r.scales.len() == nb));
-                        let w = row.as_ptr();
-                        let mut acc = [_mm256_setzero_ps(); N];
-                        let mut min = [0f32; N];
-                        for i in 0..nb {
-                            let $b = w.add(i * $bytes);
-                            let (lo, hi) = $weights;
-                            let (lo, hi) = (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi));
-                            let d = f16_at($b);
-                            let m = if $has_min { f16_at($b.add(2)) } else { 0.0 };
-                            for r in 0..N {
-                                let xr = &x[r];
-                                let q = xr.qs.as_ptr().add(i * 32);
-                                let sum = $dot(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
-                                let sum = $dot(sum, hi, _mm256_loadu_si256(q.add(16) as *const __m256i));
-                                let scale = _mm256_set1_ps(d * *xr.scales.get_unchecked(i));
-                                acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[r]);
-                                if $has_min {
-                                    min[r] += m * *xr.sums.get_unchecked(i);
-                                }
-                            }
-                        }
-                        let mut out = [0f32; N];
-                        for r in 0..N {
-                            out[r] = hsum(acc[r]) + min[r];
-                        }
-                        out
-                    }
-
                     /// One row's dot product (see the module docs).
                     #[target_feature(enable = $features)]
                     pub unsafe fn $name(row: &[u8], x: XRow) -> f32 {
@@ -268,13 +232,13 @@ macro_rules! kernels {
                 };
             }
 
-            dot32!(q4_0, q4_0_rows, q4_0_tile, 18, false, |b| {
+            dot32!(q4_0, q4_0_tile, 18, false, |b| {
                 let (lo, hi) = nibbles(b.add(2));
                 let eight = _mm_set1_epi8(8);
                 (_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight))
             });
-            dot32!(q4_1, q4_1_rows, q4_1_tile, 20, true, |b| nibbles(b.add(4)));
-            dot32!(q5_0, q5_0_rows, q5_0_tile, 22, false, |b| {
+            dot32!(q4_1, q4_1_tile, 20, true, |b| nibbles(b.add(4)));
+            dot32!(q5_0, q5_0_tile, 22, false, |b| {
                 // A clear fifth bit makes the byte (nibble | 0xf0) = nibble − 16 as i8.
                 let (lo, hi) = nibbles(b.add(6));
                 let (set_lo, set_hi) = bits_to_bytes(b.add(2));
@@ -284,7 +248,7 @@ macro_rules! kernels {
                     _mm_or_si128(hi, _mm_andnot_si128(set_hi, high)),
                 )
             });
-            dot32!(q5_1, q5_1_rows, q5_1_tile, 24, true, |b| {
+            dot32!(q5_1, q5_1_tile, 24, true, |b| {
                 let (lo, hi) = nibbles(b.add(8));
                 let (set_lo, set_hi) = bits_to_bytes(b.add(4));
                 let bit = _mm_set1_epi8(0x10);
@@ -293,7 +257,7 @@ macro_rules! kernels {
                     _mm_or_si128(hi, _mm_and_si128(set_hi, bit)),
                 )
             });
-            dot32!(q8_0, q8_0_rows, q8_0_tile, 34, false, |b| (
+            dot32!(q8_0, q8_0_tile, 34, false, |b| (
                 _mm_loadu_si128(b.add(2) as *const __m128i),
                 _mm_loadu_si128(b.add(18) as *const __m128i)
             ));
