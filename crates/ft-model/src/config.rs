@@ -14,6 +14,20 @@ pub enum Architecture {
     Llama,
     /// Qwen2: biases on q, k and v.
     Qwen2,
+    /// Qwen3: no biases; q and k RMSNorm-ed per head before RoPE.
+    Qwen3,
+    /// Gemma 3 (text): scaled embeddings, (1 + w) norms around both sublayers, q/k norms,
+    /// GeGLU, sliding-window layers with their own RoPE base between global ones.
+    Gemma3,
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): llama, Qwen.
+    Silu,
+    /// GELU, tanh approximation (GeGLU): Gemma.
+    GeluTanh,
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -34,6 +48,11 @@ pub enum RopeScaling {
     },
     /// Per-frequency divisors, as llama.cpp stores them in a `rope_freqs` tensor.
     Factors(Vec<f32>),
+    /// Every frequency divided by `factor` (position interpolation; Gemma 3's global layers).
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
 }
 
 /// A resolved model configuration, with no optional fields.
@@ -67,6 +86,24 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Whether q/k/v projections have biases.
     pub attention_bias: bool,
+    /// Whether queries and keys are RMSNorm-ed per head before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// Whether each sublayer's output is normed before the residual add (Gemma's
+    /// `post_attention_layernorm` / `post_feedforward_layernorm`); the MLP's input norm is
+    /// then `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
+    /// Factor on the token embeddings (Gemma: sqrt(hidden)).
+    pub embedding_scale: Option<f64>,
+    /// Attention scores are divided by the square root of this (default `head_dim`).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Keys a sliding-window layer sees: the query's own and the `window - 1` before it.
+    pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (empty: none).
+    pub sliding_layers: Vec<bool>,
+    /// The RoPE base of the sliding-window layers (unscaled), when they have their own.
+    pub rope_local_theta: Option<f64>,
 }
 
 impl Config {
@@ -106,12 +143,45 @@ impl Config {
     /// RoPE inverse frequencies, `head_dim / 2` of them, with scaling applied (as transformers'
     /// `_compute_llama3_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let half = self.head_dim / 2;
+        inv_freq(self.head_dim, self.rope_theta, &self.rope_scaling)
+    }
+
+    /// The sliding-window layers' inverse frequencies (their own base, no scaling), when
+    /// they differ from the global ones.
+    pub fn rope_local_inv_freq(&self) -> Option<Vec<f32>> {
+        let theta = self.rope_local_theta?;
+        self.sliding_layers
+            .iter()
+            .any(|&sliding| sliding)
+            .then(|| inv_freq(self.head_dim, theta, &RopeScaling::None))
+    }
+
+    /// Whether layer `index` uses the sliding window.
+    pub fn is_sliding(&self, index: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(index).copied().unwrap_or(false)
+    }
+
+    /// Whether the block is the plain llama block (pre-norms, SwiGLU, no q/k norms, no
+    /// window, unscaled embeddings), which the fused training and decode paths implement.
+    pub fn is_plain_llama_block(&self) -> bool {
+        !self.qk_norm
+            && !self.sandwich_norms
+            && self.activation == Activation::Silu
+            && self.embedding_scale.is_none()
+            && self.query_pre_attn_scalar.is_none_or(|s| s == self.head_dim as f64)
+            && !self.sliding_layers.iter().any(|&sliding| sliding)
+    }
+}
+
+/// RoPE inverse frequencies for `head_dim` and base `theta` with `scaling` applied.
+fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+        let half = head_dim / 2;
         let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64))
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
             .collect();
-        let scaled: Vec<f64> = match &self.rope_scaling {
+        let scaled: Vec<f64> = match scaling {
             RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Factors(factors) => base
                 .iter()
                 .zip(factors.iter().chain(std::iter::repeat(&1.0)))
@@ -141,9 +211,8 @@ impl Config {
                     .collect()
             }
         };
-        // transformers computes inv_freq in float32 from an int64 arange; match its rounding.
-        scaled.into_iter().map(|f| f as f32).collect()
-    }
+    // transformers computes inv_freq in float32 from an int64 arange; match its rounding.
+    scaled.into_iter().map(|f| f as f32).collect()
 }
 
 /// `config.json` as transformers writes it (v4 `rope_theta`/`rope_scaling` or v5
@@ -164,7 +233,20 @@ pub struct HfConfig {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<RopeParameters>,
-    rope_parameters: Option<RopeParameters>,
+    /// transformers 5: one `RopeParameters`, or (Gemma 3) one per layer type.
+    rope_parameters: Option<serde_json::Value>,
+    /// Gemma 3 (transformers 4): the sliding layers' RoPE base.
+    rope_local_base_freq: Option<f64>,
+    query_pre_attn_scalar: Option<f64>,
+    sliding_window: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3 checkpoints older than `layer_types`: every n-th layer is global.
+    #[serde(alias = "_sliding_window_pattern")]
+    sliding_window_pattern: Option<usize>,
+    hidden_activation: Option<String>,
+    hidden_act: Option<String>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
     #[serde(default = "default_max_positions")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -173,7 +255,7 @@ pub struct HfConfig {
 }
 
 /// `rope_scaling` (transformers v4) or `rope_parameters` (v5).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct RopeParameters {
     rope_type: Option<String>,
     #[serde(rename = "type")]
@@ -205,6 +287,10 @@ impl HfConfig {
 
     /// Resolves into a [`Config`]; `path` is used in error messages.
     pub fn into_config(self, path: &Path) -> Result<Config> {
+        let config_error = |reason: String| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
         let model_type = self
             .model_type
             .clone()
@@ -213,6 +299,8 @@ impl HfConfig {
         let architecture = match model_type.as_str() {
             "llama" | "mistral" | "LlamaForCausalLM" | "MistralForCausalLM" => Architecture::Llama,
             "qwen2" | "Qwen2ForCausalLM" => Architecture::Qwen2,
+            "qwen3" | "Qwen3ForCausalLM" => Architecture::Qwen3,
+            "gemma3_text" | "Gemma3ForCausalLM" => Architecture::Gemma3,
             other => {
                 return Err(Error::UnsupportedArchitecture {
                     path: path.to_path_buf(),
@@ -220,52 +308,79 @@ impl HfConfig {
                 })
             }
         };
-        let rope = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
+        for (name, value) in [
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if value.is_some() {
+                return Err(config_error(format!(
+                    "`{name}` is set: logit soft-capping (Gemma 2) is not supported"
+                )));
+            }
+        }
+        // transformers 5 keeps Gemma 3's two bases as `rope_parameters.{full,sliding}_attention`.
+        let (rope, local_rope) = match &self.rope_parameters {
+            Some(value) if value.get("full_attention").is_some() => (
+                parse_rope(value.get("full_attention"), path)?,
+                parse_rope(value.get("sliding_attention"), path)?,
+            ),
+            Some(value) => (parse_rope(Some(value), path)?, None),
+            None => (None, None),
+        };
+        let rope = rope.as_ref().or(self.rope_scaling.as_ref());
         let rope_theta = self
             .rope_theta
             .or_else(|| rope.and_then(|r| r.rope_theta))
             .unwrap_or(10000.0);
-        let rope_type = rope
-            .and_then(|r| r.rope_type.clone().or_else(|| r.legacy_type.clone()))
-            .unwrap_or_else(|| "default".to_string());
-        let rope_scaling = match (rope_type.as_str(), rope) {
-            ("default", _) | (_, None) => RopeScaling::None,
-            ("llama3", Some(r)) => {
-                let need = |v: Option<f64>, name: &str| {
-                    v.ok_or_else(|| Error::Config {
-                        path: path.to_path_buf(),
-                        reason: format!("llama3 rope scaling needs `{name}`"),
-                    })
-                };
-                RopeScaling::Llama3 {
-                    factor: need(r.factor, "factor")?,
-                    low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
-                    high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
-                    original_max_position_embeddings: need(
-                        r.original_max_position_embeddings,
-                        "original_max_position_embeddings",
-                    )?,
-                }
-            }
-            (other, _) => {
-                return Err(Error::Config {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "rope scaling type `{other}` is not supported (supported: default, llama3)"
-                    ),
-                })
+        let rope_scaling = rope_scaling_of(rope, path)?;
+        let heads = self.num_attention_heads;
+        if heads == 0 || (!self.hidden_size.is_multiple_of(heads) && self.head_dim.is_none()) {
+            return Err(config_error(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {heads}",
+                self.hidden_size
+            )));
+        }
+        let gemma = architecture == Architecture::Gemma3;
+        let activation = match self
+            .hidden_activation
+            .as_deref()
+            .or(self.hidden_act.as_deref())
+        {
+            None if gemma => Activation::GeluTanh,
+            None | Some("silu") | Some("swish") => Activation::Silu,
+            Some("gelu_pytorch_tanh") | Some("gelu_tanh") => Activation::GeluTanh,
+            Some(other) => {
+                return Err(config_error(format!(
+                    "MLP activation `{other}` is not supported (supported: silu, gelu_pytorch_tanh)"
+                )))
             }
         };
-        let heads = self.num_attention_heads;
-        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "hidden_size {} is not a multiple of num_attention_heads {heads}",
-                    self.hidden_size
-                ),
-            });
-        }
+        let sliding_layers = match (&self.layer_types, self.sliding_window_pattern) {
+            (Some(types), _) => {
+                if types.len() != self.num_hidden_layers {
+                    return Err(config_error(format!(
+                        "`layer_types` has {} entries for {} layers",
+                        types.len(),
+                        self.num_hidden_layers
+                    )));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => Err(config_error(format!("unknown layer type `{other}`"))),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            (None, Some(pattern)) if pattern > 0 => (0..self.num_hidden_layers)
+                .map(|i| (i + 1) % pattern != 0)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let sliding_window = self
+            .sliding_window
+            .filter(|_| sliding_layers.iter().any(|&s| s));
         let config = Config {
             architecture,
             hidden_size: self.hidden_size,
@@ -283,13 +398,79 @@ impl HfConfig {
             attention_bias: self
                 .attention_bias
                 .unwrap_or(architecture == Architecture::Qwen2),
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            activation,
+            sandwich_norms: gemma,
+            embedding_scale: gemma.then(|| (self.hidden_size as f64).sqrt()),
+            query_pre_attn_scalar: self.query_pre_attn_scalar,
+            sliding_window,
+            rope_local_theta: local_rope
+                .and_then(|r| r.rope_theta)
+                .or(self.rope_local_base_freq)
+                .filter(|_| sliding_window.is_some()),
+            sliding_layers: if sliding_window.is_some() {
+                sliding_layers
+            } else {
+                Vec::new()
+            },
         };
-        config.validate().map_err(|reason| Error::Config {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        config.validate().map_err(config_error)?;
         Ok(config)
     }
+}
+
+/// One `rope_parameters` / `rope_scaling` object (or none).
+fn parse_rope(value: Option<&serde_json::Value>, path: &Path) -> Result<Option<RopeParameters>> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value.clone())
+            .map(Some)
+            .map_err(|e| Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("rope parameters: {e}"),
+            }),
+    }
+}
+
+/// The scaling a `rope_scaling` / `rope_parameters` object asks for.
+fn rope_scaling_of(rope: Option<&RopeParameters>, path: &Path) -> Result<RopeScaling> {
+    let Some(r) = rope else {
+        return Ok(RopeScaling::None);
+    };
+    let need = |v: Option<f64>, name: &str| {
+        v.ok_or_else(|| Error::Config {
+            path: path.to_path_buf(),
+            reason: format!("rope scaling needs `{name}`"),
+        })
+    };
+    let rope_type = r
+        .rope_type
+        .clone()
+        .or_else(|| r.legacy_type.clone())
+        .unwrap_or_else(|| "default".to_string());
+    Ok(match rope_type.as_str() {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: need(r.factor, "factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need(r.factor, "factor")?,
+            low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
+            high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
+            original_max_position_embeddings: need(
+                r.original_max_position_embeddings,
+                "original_max_position_embeddings",
+            )?,
+        },
+        other => {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "rope scaling type `{other}` is not supported (supported: default, linear, llama3)"
+                ),
+            })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -313,6 +494,14 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: false,
             attention_bias: false,
+            qk_norm: false,
+            activation: Activation::Silu,
+            sandwich_norms: false,
+            embedding_scale: None,
+            query_pre_attn_scalar: None,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            rope_local_theta: None,
         };
         let plain = config.rope_inv_freq();
         // Wavelengths: index 0 is 2π (< 64/4, kept), index 7 is ~19869 (> 64, divided by 8).

@@ -80,9 +80,12 @@ impl HostWeights {
     }
 }
 
-/// Whether the fused step may run (enabled, CPU f32, every frozen weight quantized).
+/// Whether the fused step may run (enabled, the plain llama block, CPU f32, every frozen
+/// weight quantized).
 pub(crate) fn usable(model: &Transformer) -> bool {
-    model.fused_decode_enabled() && model.host_weights().is_some()
+    model.fused_decode_enabled()
+        && model.config().is_plain_llama_block()
+        && model.host_weights().is_some()
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -49,11 +49,13 @@ impl Inputs {
 }
 
 /// The additive attention bias `(batch, 1, 1, seq, past + seq)`: 0 where a query may look,
-/// a large negative number where the key is in the future or is padding.
+/// a large negative number where the key is in the future, is padding, belongs to another
+/// packed example or (with a sliding `window`) is `window` or more tokens back.
 pub(crate) fn attention_bias(
     key_mask: &[Vec<u8>],
     segments: Option<&[Vec<u32>]>,
     seq: usize,
+    window: Option<usize>,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
@@ -72,7 +74,8 @@ pub(crate) fn attention_bias(
             let offset = (row * seq + query) * total;
             for (key, &real) in keys.iter().enumerate() {
                 let other_example = row_segments.is_some_and(|s| s.get(past + query) != s.get(key));
-                if key > past + query || real == 0 || other_example {
+                let outside_window = window.is_some_and(|w| key + w <= past + query);
+                if key > past + query || real == 0 || other_example || outside_window {
                     bias[offset + key] = MASKED;
                 }
             }

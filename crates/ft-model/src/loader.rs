@@ -13,7 +13,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Architecture, Config, HfConfig, RopeScaling};
+use crate::config::{Activation, Architecture, Config, HfConfig, RopeScaling};
 use crate::linear::QuantizedWeights;
 use crate::pretrained::{ModelOptions, Precision};
 use crate::{Error, Result};
@@ -136,6 +136,8 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
     let architecture = match arch.as_str() {
         "llama" | "mistral" => Architecture::Llama,
         "qwen2" => Architecture::Qwen2,
+        "qwen3" => Architecture::Qwen3,
+        "gemma3" => Architecture::Gemma3,
         _ => {
             return Err(Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -167,35 +169,73 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             })
             .ok_or_else(|| gguf_error(path, "cannot tell the vocabulary size"))?,
     };
-    if num_attention_heads == 0 || !hidden_size.is_multiple_of(num_attention_heads) {
+    if num_attention_heads == 0 {
         return Err(gguf_error(
             path,
-            "embedding_length is not a multiple of head_count",
+            "attention.head_count is 0",
         ));
     }
+    let num_hidden_layers = need_usize("block_count")?;
+    let head_dim = get("attention.key_length")
+        .and_then(meta_u64)
+        .map_or(hidden_size / num_attention_heads, |v| v as usize);
+    let gemma = architecture == Architecture::Gemma3;
+    // llama.cpp's Gemma 3: every sixth layer global, the others a window with RoPE base 1e4;
+    // scores scaled by 1/sqrt(head_dim), except the 62-layer 27B's 1/sqrt(hidden/heads).
+    let sliding_window = get("attention.sliding_window")
+        .and_then(meta_u64)
+        .map(|v| v as usize)
+        .filter(|_| gemma);
+    let pattern = get("attention.sliding_window_pattern")
+        .and_then(meta_u64)
+        .map_or(6, |v| v as usize)
+        .max(1);
+    let sliding_layers = match sliding_window {
+        Some(_) => (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect(),
+        None => Vec::new(),
+    };
+    let query_pre_attn_scalar = (gemma && num_hidden_layers == 62)
+        .then(|| (hidden_size / num_attention_heads) as f64);
+    let rope_scaling = match (
+        get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str),
+        get("rope.scaling.factor").and_then(meta_f64),
+    ) {
+        (Some("linear"), Some(factor)) if factor != 1.0 => RopeScaling::Linear { factor },
+        _ => RopeScaling::None,
+    };
     let config = Config {
         architecture,
         hidden_size,
         intermediate_size: need_usize("feed_forward_length")?,
-        num_hidden_layers: need_usize("block_count")?,
+        num_hidden_layers,
         num_attention_heads,
         num_key_value_heads: get("attention.head_count_kv")
             .and_then(meta_u64)
             .map_or(num_attention_heads, |v| v as usize),
-        head_dim: get("attention.key_length")
-            .and_then(meta_u64)
-            .map_or(hidden_size / num_attention_heads, |v| v as usize),
+        head_dim,
         vocab_size,
         rms_norm_eps: get("attention.layer_norm_rms_epsilon")
             .and_then(meta_f64)
             .unwrap_or(1e-5),
         rope_theta: get("rope.freq_base").and_then(meta_f64).unwrap_or(10000.0),
-        rope_scaling: RopeScaling::None,
+        rope_scaling,
         max_position_embeddings: get("context_length")
             .and_then(meta_u64)
             .map_or(4096, |v| v as usize),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
+        activation: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
+        sandwich_norms: gemma,
+        embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+        query_pre_attn_scalar,
+        sliding_window,
+        sliding_layers,
+        rope_local_theta: sliding_window.map(|_| 10000.0),
     };
     config
         .validate()
@@ -203,8 +243,9 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
     Ok(config)
 }
 
-/// Maps a llama.cpp tensor name to its Hugging Face name.
-fn hf_name(gguf_name: &str) -> Option<String> {
+/// Maps a llama.cpp tensor name to its Hugging Face name (`ffn_norm` is the MLP's input norm:
+/// Gemma's `pre_feedforward_layernorm`, llama's `post_attention_layernorm`).
+fn hf_name(gguf_name: &str, architecture: Architecture) -> Option<String> {
     let top = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -226,7 +267,12 @@ fn hf_name(gguf_name: &str) -> Option<String> {
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         "attn_norm" => "input_layernorm",
+        "ffn_norm" if architecture == Architecture::Gemma3 => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf_module}.{kind}"))
@@ -269,7 +315,7 @@ fn load_gguf(
             reason: format!("tensor `{name}` ({:?}): {}", info.ggml_dtype, one_line(&e)),
         };
         let quant_type = QuantType::from_ggml(info.ggml_dtype);
-        if let (true, Some(ty), Some(hf)) = (keep_quantized, quant_type, hf_name(name)) {
+        if let (true, Some(ty), Some(hf)) = (keep_quantized, quant_type, hf_name(name, config.architecture)) {
             if is_quantizable(&hf) && info.shape.rank() == 2 {
                 let (rows, cols) = info.shape.dims2().map_err(weights_error)?;
                 let read = |reader: &mut BufReader<File>| -> candle_core::Result<QuantMatrix> {
@@ -306,7 +352,7 @@ fn load_gguf(
             config.rope_scaling = RopeScaling::Factors(tensor.to_dtype(DType::F32)?.to_vec1()?);
             continue;
         }
-        let Some(hf) = hf_name(name) else {
+        let Some(hf) = hf_name(name, config.architecture) else {
             tracing::debug!("ignoring GGUF tensor {name}");
             continue;
         };
@@ -404,6 +450,13 @@ fn load_hf_dir(
                 quantized.insert(name, Arc::new(matrix));
                 continue;
             }
+            // Gemma's norms scale by (1 + w); llama.cpp's converter stores 1 + w, and so do we.
+            let tensor = if config.architecture == Architecture::Gemma3 && name.ends_with("norm.weight")
+            {
+                (tensor.to_dtype(DType::F32)? + 1.0)?
+            } else {
+                tensor
+            };
             tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
         }
     }
@@ -469,18 +522,22 @@ mod tests {
     #[test]
     fn maps_gguf_names_to_hf() {
         assert_eq!(
-            hf_name("blk.12.attn_q.weight").as_deref(),
+            hf_name("blk.12.attn_q.weight", Architecture::Llama).as_deref(),
             Some("model.layers.12.self_attn.q_proj.weight")
         );
         assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            hf_name("blk.0.ffn_norm.weight", Architecture::Llama).as_deref(),
             Some("model.layers.0.post_attention_layernorm.weight")
         );
         assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
+            hf_name("token_embd.weight", Architecture::Llama).as_deref(),
             Some("model.embed_tokens.weight")
         );
-        assert_eq!(hf_name("blk.0.unknown.weight"), None);
+        assert_eq!(hf_name("blk.0.unknown.weight", Architecture::Llama), None);
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight", Architecture::Gemma3).as_deref(),
+            Some("model.layers.3.pre_feedforward_layernorm.weight")
+        );
     }
 
     #[test]

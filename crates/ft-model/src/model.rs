@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::block_backward;
 use crate::cache::{Cache, LayerCache};
-use crate::config::Config;
+use crate::config::{Activation, Config};
 use crate::fused_decode::{self, HostWeights, RowCaches};
 use crate::inputs::attention_bias;
 pub use crate::inputs::Inputs;
@@ -25,6 +25,12 @@ pub struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    /// Per-head RMSNorm weights of queries and keys, applied before RoPE (Qwen3, Gemma 3).
+    qk_norms: Option<(Tensor, Tensor)>,
+    rms_norm_eps: f64,
+    /// Factor on the queries that turns the kernels' `1/sqrt(head_dim)` into the model's
+    /// `1/sqrt(query_pre_attn_scalar)` (Gemma), when the two differ.
+    query_factor: Option<f64>,
 }
 
 impl Attention {
@@ -36,6 +42,14 @@ impl Attention {
             cfg.head_dim,
         );
         let bias = cfg.attention_bias;
+        let qk_norms = if cfg.qk_norm {
+            Some((
+                vb.pp("q_norm").get(d, "weight")?,
+                vb.pp("k_norm").get(d, "weight")?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             q_proj: Linear::load(vb.pp("q_proj"), cfg.hidden_size, h * d, bias, path, q)?,
             k_proj: Linear::load(vb.pp("k_proj"), cfg.hidden_size, kv * d, bias, path, q)?,
@@ -44,6 +58,12 @@ impl Attention {
             num_heads: h,
             num_kv_heads: kv,
             head_dim: d,
+            qk_norms,
+            rms_norm_eps: cfg.rms_norm_eps,
+            query_factor: cfg
+                .query_pre_attn_scalar
+                .filter(|&scalar| scalar != d as f64)
+                .map(|scalar| (d as f64 / scalar).sqrt()),
         })
     }
 
@@ -69,15 +89,26 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            proj.forward(x, lora)?
-                .reshape((b, t, n, d))?
-                .transpose(1, 2)?
-                .contiguous() // (b, n, t, d)
+        let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let y = proj.forward(x, lora)?.reshape((b, t, n, d))?;
+            let y = match norm {
+                Some(weight) => rms_norm(&y, weight, self.rms_norm_eps)?,
+                None => y,
+            };
+            y.transpose(1, 2)?.contiguous() // (b, n, t, d)
         };
-        let q = rope(&heads(&self.q_proj, h)?, cos, sin)?;
-        let k = rope(&heads(&self.k_proj, kvh)?, cos, sin)?;
-        let v = heads(&self.v_proj, kvh)?;
+        let (q_norm, k_norm) = match &self.qk_norms {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = heads(&self.q_proj, h, q_norm)?;
+        let q = match self.query_factor {
+            Some(factor) => (q * factor)?,
+            None => q,
+        };
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&heads(&self.k_proj, kvh, k_norm)?, cos, sin)?;
+        let v = heads(&self.v_proj, kvh, None)?;
         let out = match kv {
             KvSource::Batch {
                 bias: None,
@@ -116,7 +147,7 @@ impl Attention {
             KvSource::Batch { bias: None, .. } => {
                 candle_core::bail!("attention without a bias needs one new token and a cache")
             }
-            KvSource::PerRow(caches) => {
+            KvSource::PerRow { caches, window } => {
                 if caches.len() != b || t != 1 {
                     candle_core::bail!(
                         "per-row decoding takes one new token per row and one cache per row \
@@ -131,12 +162,25 @@ impl Attention {
                     .map(|(row, cache)| {
                         let (k_row, v_row) = (k.narrow(0, row, 1)?, v.narrow(0, row, 1)?);
                         let q_row = q.narrow(0, row, 1)?;
+                        let len = cache.len() + 1;
+                        let mask = window.map(|w| window_key_mask(len, w));
                         if fused {
                             let (k_buf, v_buf) = cache.append_to_buffers(&k_row, &v_row)?;
-                            decode_attention_tensors(&q_row, &k_buf, &v_buf, 0, cache.len(), None)
+                            decode_attention_tensors(&q_row, &k_buf, &v_buf, 0, len, mask.as_deref())
                         } else {
                             let (k, v) = cache.append(&k_row, &v_row)?;
-                            ft_kernels::attention(&q_row, &k, &v, None)
+                            let bias = match mask {
+                                Some(mask) => Some(attention_bias(
+                                    &[mask],
+                                    None,
+                                    1,
+                                    None,
+                                    q_row.dtype(),
+                                    q_row.device(),
+                                )?),
+                                None => None,
+                            };
+                            ft_kernels::attention(&q_row, &k, &v, bias.as_ref())
                         }
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -168,17 +212,29 @@ pub enum KvSource<'c> {
         /// The block's cache, when decoding.
         cache: Option<&'c mut LayerCache>,
     },
-    /// Each row has its own cache and one new token that sees all of it: sequences of
-    /// different lengths decoded together (continuous batching).
-    PerRow(Vec<&'c mut LayerCache>),
+    /// Each row has its own cache and one new token that sees all of it (or its last
+    /// `window` keys, in a sliding-window layer): sequences of different lengths decoded
+    /// together (continuous batching).
+    PerRow {
+        /// One cache per row.
+        caches: Vec<&'c mut LayerCache>,
+        /// The layer's sliding window, if it has one.
+        window: Option<usize>,
+    },
 }
 
-/// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+/// Which of `len` keys the newest query of a sliding-window layer sees: the last `window`.
+fn window_key_mask(len: usize, window: usize) -> Vec<u8> {
+    (0..len).map(|key| u8::from(key + window >= len)).collect()
+}
+
+/// The gated MLP: `down(act(gate(x)) · up(x))`, SwiGLU (SiLU) or GeGLU (tanh GELU).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
@@ -189,6 +245,7 @@ impl Mlp {
             gate_proj: Linear::load(vb.pp("gate_proj"), hidden, inter, false, path, q)?,
             up_proj: Linear::load(vb.pp("up_proj"), hidden, inter, false, path, q)?,
             down_proj: Linear::load(vb.pp("down_proj"), inter, hidden, false, path, q)?,
+            activation: cfg.activation,
         })
     }
 
@@ -201,8 +258,11 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor, lora: Lora) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x, lora)?;
         let up = self.up_proj.forward(x, lora)?;
-        self.down_proj
-            .forward(&ft_kernels::swiglu(&gate, &up)?, lora)
+        let gated = match self.activation {
+            Activation::Silu => ft_kernels::swiglu(&gate, &up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+        };
+        self.down_proj.forward(&gated, lora)
     }
 }
 
@@ -211,8 +271,13 @@ impl Mlp {
 pub struct Block {
     input_layernorm: Tensor,
     self_attn: Attention,
-    post_attention_layernorm: Tensor,
+    /// The MLP's input norm: `post_attention_layernorm` in llama, `pre_feedforward_layernorm`
+    /// in Gemma.
+    mlp_norm: Tensor,
     mlp: Mlp,
+    /// Gemma's norms on the two sublayers' outputs, before each residual add:
+    /// `(post_attention_layernorm, post_feedforward_layernorm)`.
+    output_norms: Option<(Tensor, Tensor)>,
     rms_norm_eps: f64,
 }
 
@@ -232,19 +297,31 @@ impl Block {
         self.rms_norm_eps
     }
 
-    /// `(input_layernorm, post_attention_layernorm)` weights.
+    /// The attention's and the MLP's input norm weights (`input_layernorm`, and
+    /// `post_attention_layernorm` in llama).
     pub fn norms(&self) -> (&Tensor, &Tensor) {
-        (&self.input_layernorm, &self.post_attention_layernorm)
+        (&self.input_layernorm, &self.mlp_norm)
     }
 
     /// Loads block `vb` (`model.layers.N`), taking the linears in `q` from there.
     pub fn load(vb: VarBuilder, cfg: &Config, path: &str, q: &QuantizedWeights) -> Result<Self> {
         let hidden = cfg.hidden_size;
+        let norm = |name: &str| vb.pp(name).get(hidden, "weight");
+        let (mlp_norm, output_norms) = if cfg.sandwich_norms {
+            let outputs = (
+                norm("post_attention_layernorm")?,
+                norm("post_feedforward_layernorm")?,
+            );
+            (norm("pre_feedforward_layernorm")?, Some(outputs))
+        } else {
+            (norm("post_attention_layernorm")?, None)
+        };
         Ok(Self {
-            input_layernorm: vb.pp("input_layernorm").get(hidden, "weight")?,
+            input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg, &format!("{path}.self_attn"), q)?,
-            post_attention_layernorm: vb.pp("post_attention_layernorm").get(hidden, "weight")?,
+            mlp_norm,
             mlp: Mlp::load(vb.pp("mlp"), cfg, &format!("{path}.mlp"), q)?,
+            output_norms,
             rms_norm_eps: cfg.rms_norm_eps,
         })
     }
@@ -258,10 +335,36 @@ impl Block {
         kv: KvSource,
         lora: Lora,
     ) -> Result<Tensor> {
-        let normed = rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let x = (x + self.self_attn.forward(&normed, cos, sin, kv, lora)?)?;
-        let normed = rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
-        x + self.mlp.forward(&normed, lora)?
+        let eps = self.rms_norm_eps;
+        let output_norm = |y: Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| match &self
+            .output_norms
+        {
+            Some(norms) => rms_norm(&y, pick(norms), eps),
+            None => Ok(y),
+        };
+        let normed = rms_norm(x, &self.input_layernorm, eps)?;
+        let attn = self.self_attn.forward(&normed, cos, sin, kv, lora)?;
+        let x = (x + output_norm(attn, |n| &n.0)?)?;
+        let normed = rms_norm(&x, &self.mlp_norm, eps)?;
+        let mlp = self.mlp.forward(&normed, lora)?;
+        x + output_norm(mlp, |n| &n.1)?
+    }
+}
+
+/// The RoPE `(cos, sin)` of one forward's tokens: the global layers', and the sliding-window
+/// layers' when they have their own base.
+struct Rotations {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+impl Rotations {
+    fn of_layer(&self, sliding: bool) -> (&Tensor, &Tensor) {
+        let (cos, sin) = match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        };
+        (cos, sin)
     }
 }
 
@@ -273,6 +376,8 @@ pub struct Transformer {
     norm: Tensor,
     lm_head: Weight,
     rope: RopeTables,
+    /// The sliding-window layers' tables, when they have their own RoPE base (Gemma 3).
+    rope_local: Option<RopeTables>,
     config: Config,
     /// Built on the first decode step that can take the fused path.
     host: std::sync::OnceLock<Option<std::sync::Arc<HostWeights>>>,
@@ -314,12 +419,17 @@ impl Transformer {
         };
         let max_positions = cfg.max_position_embeddings.max(1);
         let rope = RopeTables::new(&cfg.rope_inv_freq(), max_positions, vb.dtype(), vb.device())?;
+        let rope_local = cfg
+            .rope_local_inv_freq()
+            .map(|inv_freq| RopeTables::new(&inv_freq, max_positions, vb.dtype(), vb.device()))
+            .transpose()?;
         Ok(Self {
             embed_tokens,
             layers,
             norm: vb.pp("model.norm").get(cfg.hidden_size, "weight")?,
             lm_head,
             rope,
+            rope_local,
             config: cfg.clone(),
             host: std::sync::OnceLock::new(),
             fused: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -470,8 +580,9 @@ impl Transformer {
         Cache::with_capacity(self.layers.len(), tokens.min(self.rope.max_positions()))
     }
 
-    /// Token embeddings `(batch, seq, hidden)` and RoPE tables of `tokens` at `positions`.
-    fn embed(&self, tokens: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Token embeddings `(batch, seq, hidden)` and RoPE tables of `tokens` at `positions`
+    /// (the global layers', then the sliding-window layers' when they differ).
+    fn embed(&self, tokens: &Tensor, positions: &Tensor) -> Result<(Tensor, Rotations)> {
         let (batch, seq) = tokens.dims2()?;
         let max_position = positions.max_all()?.to_scalar::<u32>()? as usize;
         if max_position >= self.rope.max_positions() {
@@ -485,8 +596,17 @@ impl Transformer {
             seq,
             self.config.hidden_size,
         ))?;
-        let (cos, sin) = self.rope.gather(positions)?;
-        Ok((x, cos, sin))
+        let x = match self.config.embedding_scale {
+            Some(scale) => (x * scale)?,
+            None => x,
+        };
+        let global = self.rope.gather(positions)?;
+        let local = self
+            .rope_local
+            .as_ref()
+            .map(|tables| tables.gather(positions))
+            .transpose()?;
+        Ok((x, Rotations { global, local }))
     }
 
     /// Runs the blocks and the final norm: `(batch, seq, hidden)` hidden states of the new
@@ -499,18 +619,32 @@ impl Transformer {
     ) -> Result<Tensor> {
         let lora = lora.into();
         let seq = inputs.tokens.dim(1)?;
-        let (mut x, cos, sin) = self.embed(&inputs.tokens, &inputs.positions)?;
+        let (mut x, rotations) = self.embed(&inputs.tokens, &inputs.positions)?;
+        let (cos, sin) = &rotations.global;
         // A decode step with a cache reads the key mask directly: no bias tensor per step.
-        let bias = if seq == 1 && cache.is_some() && inputs.segments.is_none() && fused_decode(&x) {
-            None
-        } else {
-            Some(attention_bias(
-                &inputs.key_mask,
-                inputs.segments.as_deref(),
-                seq,
-                x.dtype(),
-                x.device(),
-            )?)
+        let direct = seq == 1 && cache.is_some() && inputs.segments.is_none() && fused_decode(&x);
+        let bias_for = |window: Option<usize>| -> Result<Option<Tensor>> {
+            if direct {
+                return Ok(None);
+            }
+            let segments = inputs.segments.as_deref();
+            let bias = attention_bias(&inputs.key_mask, segments, seq, window, x.dtype(), x.device());
+            bias.map(Some)
+        };
+        let bias = bias_for(None)?;
+        // Sliding-window layers: their own mask (and key masks for the direct decode step).
+        let window = self.config.sliding_window;
+        let local_bias = window.map(|w| bias_for(Some(w))).transpose()?.flatten();
+        let local_key_mask: Vec<Vec<u8>> = match window {
+            Some(w) if direct => inputs
+                .key_mask
+                .iter()
+                .map(|keys| {
+                    let visible = window_key_mask(keys.len(), w);
+                    keys.iter().zip(visible).map(|(k, v)| k & v).collect()
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         if bias.is_none() && matches!(lora, Lora::None) && fused_decode::usable(self) {
             if let (Some(cache), Some(host)) = (cache.as_deref_mut(), self.host_weights()) {
@@ -524,18 +658,23 @@ impl Transformer {
         }
         // Training with an adapter: each block is one graph node with a hand-written backward.
         let training = match lora {
-            Lora::One(adapter) if cache.is_none() && block_backward::applies(&x, adapter) => {
+            Lora::One(adapter)
+                if cache.is_none()
+                    && self.config.is_plain_llama_block()
+                    && block_backward::applies(&x, adapter) =>
+            {
                 bias.as_ref().map(|bias| (adapter, bias))
             }
             _ => None,
         };
         for (i, block) in self.layers.iter().enumerate() {
+            let sliding = self.config.is_sliding(i);
             if let Some((adapter, bias)) = training {
                 let mode = block_backward::Mode {
                     checkpoint: self.gradient_checkpointing(),
                     bf16: self.bf16_training(),
                 };
-                let tables = (&cos, &sin);
+                let tables = (cos, sin);
                 if let Some(out) = block_backward::forward(block, &x, tables, bias, adapter, mode)?
                 {
                     x = out;
@@ -543,12 +682,25 @@ impl Transformer {
                 }
             }
             let cache = cache.as_deref_mut().map(|c| c.layer(i));
-            let kv = KvSource::Batch {
-                bias: bias.as_ref(),
-                key_mask: &inputs.key_mask,
-                cache,
+            let (cos, sin) = rotations.of_layer(sliding);
+            let kv = match sliding {
+                true if direct => KvSource::Batch {
+                    bias: None,
+                    key_mask: &local_key_mask,
+                    cache,
+                },
+                true => KvSource::Batch {
+                    bias: local_bias.as_ref(),
+                    key_mask: &inputs.key_mask,
+                    cache,
+                },
+                false => KvSource::Batch {
+                    bias: bias.as_ref(),
+                    key_mask: &inputs.key_mask,
+                    cache,
+                },
             };
-            x = block.forward(&x, &cos, &sin, kv, lora)?;
+            x = block.forward(&x, cos, sin, kv, lora)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
     }
@@ -585,10 +737,15 @@ impl Transformer {
         }
         let tokens = Tensor::from_slice(tokens, (rows, 1), device)?;
         let positions = Tensor::from_slice(positions, (rows, 1), device)?;
-        let (mut x, cos, sin) = self.embed(&tokens, &positions)?;
+        let (mut x, rotations) = self.embed(&tokens, &positions)?;
         for (i, block) in self.layers.iter().enumerate() {
-            let kv = KvSource::PerRow(caches.iter_mut().map(|c| c.layer(i)).collect());
-            x = block.forward(&x, &cos, &sin, kv, lora)?;
+            let sliding = self.config.is_sliding(i);
+            let kv = KvSource::PerRow {
+                caches: caches.iter_mut().map(|c| c.layer(i)).collect(),
+                window: self.config.sliding_window.filter(|_| sliding),
+            };
+            let (cos, sin) = rotations.of_layer(sliding);
+            x = block.forward(&x, cos, sin, kv, lora)?;
         }
         let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
         self.logits(&hidden.squeeze(1)?)

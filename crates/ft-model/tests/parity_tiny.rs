@@ -1,7 +1,8 @@
 //! Parity with transformers + PEFT on tiny random models (fixtures made by
 //! `scripts/reference/make_tiny_models.py`, transformers 5.24.0, peft 0.21.2):
-//! logits of llama (sharded safetensors), llama3 rope scaling and qwen2 (biases, tied
-//! embeddings); and, with a LoRA adapter whose B is non-zero, the loss and every LoRA gradient.
+//! logits of llama (sharded safetensors), llama3 rope scaling, qwen2 (biases, tied
+//! embeddings), qwen3 (q/k norms) and gemma3 (`make_tiny_qwen3_gemma3.py`); and, with a LoRA
+//! adapter whose B is non-zero, the loss and every LoRA gradient.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,8 +91,26 @@ fn qwen2_logits_match_transformers() -> Result<()> {
 }
 
 #[test]
+fn qwen3_logits_match_transformers() -> Result<()> {
+    assert_logits_match(
+        &fixture("tiny-qwen3/model"),
+        &fixture("tiny-qwen3/reference.safetensors"),
+    )
+}
+
+/// Sliding-window and global layers with their two RoPE bases, (1 + w) sandwich norms, q/k
+/// norms, GeGLU, scaled embeddings and a query scale other than 1/sqrt(head_dim).
+#[test]
+fn gemma3_logits_match_transformers() -> Result<()> {
+    assert_logits_match(
+        &fixture("tiny-gemma3/model"),
+        &fixture("tiny-gemma3/reference.safetensors"),
+    )
+}
+
+#[test]
 fn transformers_v5_rope_parameters_config_gives_same_logits() -> Result<()> {
-    for name in ["tiny-llama3", "tiny-qwen2"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"] {
         let dir = tempfile::tempdir()?;
         for entry in std::fs::read_dir(fixture(&format!("{name}/model")))? {
             let entry = entry?;
@@ -138,27 +157,45 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 #[test]
 fn lora_loss_logits_and_grads_match_peft() -> Result<()> {
-    let model = Model::load(&fixture("tiny-llama/model"), &Device::Cpu)?;
+    assert_lora_matches_peft("tiny-llama", 2)
+}
+
+#[test]
+fn qwen3_lora_loss_logits_and_grads_match_peft() -> Result<()> {
+    assert_lora_matches_peft("tiny-qwen3", 2)
+}
+
+#[test]
+fn gemma3_lora_loss_logits_and_grads_match_peft() -> Result<()> {
+    assert_lora_matches_peft("tiny-gemma3", 3)
+}
+
+/// The fixture's LoRA logits, loss and every LoRA gradient equal PEFT's.
+fn assert_lora_matches_peft(name: &str, layers: usize) -> Result<()> {
+    let model = Model::load(&fixture(&format!("{name}/model")), &Device::Cpu)?;
     let adapter = model
-        .load_adapter(&fixture("tiny-llama/adapter"), &LoadOptions::default())?
+        .load_adapter(&fixture(&format!("{name}/adapter")), &LoadOptions::default())?
         .into_trainable()?;
     assert_eq!(
         adapter.vars().len(),
-        2 * 7 * 2,
-        "2 layers x 7 modules x (A, B)"
+        layers * 7 * 2,
+        "{layers} layers x 7 modules x (A, B)"
     );
-    let reference = reference(&fixture("tiny-llama/lora_reference.safetensors"))?;
-    let (inputs, mask) = inputs_of(&self::reference(&fixture(
-        "tiny-llama/reference.safetensors",
-    ))?)?;
+    let reference = reference(&fixture(&format!("{name}/lora_reference.safetensors")))?;
+    let (inputs, mask) = inputs_of(&self::reference(&fixture(&format!(
+        "{name}/reference.safetensors"
+    )))?)?;
     let logits = model.transformer.forward(&inputs, None, Some(&adapter))?;
     let diff = max_diff_on_mask(&logits, &reference["logits"], &mask)?;
-    assert!(diff < LOGITS_ABS_TOL, "LoRA logits differ by {diff}");
+    assert!(diff < LOGITS_ABS_TOL, "{name}: LoRA logits differ by {diff}");
 
     let loss = hf_loss(&logits, &reference["labels"])?;
     let expected = reference["loss"].to_dtype(DType::F32)?.flatten_all()?;
     let loss_rel = rel_diff(&loss.flatten_all()?, &expected)?;
-    assert!(loss_rel < GRAD_REL_TOL, "loss {loss} vs PEFT {expected}");
+    assert!(
+        loss_rel < GRAD_REL_TOL,
+        "{name}: loss {loss} vs PEFT {expected}"
+    );
 
     let grads = loss.backward()?;
     for (key, var) in adapter.vars() {
@@ -171,7 +208,7 @@ fn lora_loss_logits_and_grads_match_peft() -> Result<()> {
         let rel = rel_diff(grad, peft)?;
         assert!(
             rel < GRAD_REL_TOL,
-            "{key}: gradient differs from PEFT by {rel} (relative)"
+            "{name} {key}: gradient differs from PEFT by {rel} (relative)"
         );
     }
     Ok(())
