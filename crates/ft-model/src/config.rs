@@ -168,49 +168,51 @@ impl Config {
             && !self.sandwich_norms
             && self.activation == Activation::Silu
             && self.embedding_scale.is_none()
-            && self.query_pre_attn_scalar.is_none_or(|s| s == self.head_dim as f64)
+            && self
+                .query_pre_attn_scalar
+                .is_none_or(|s| s == self.head_dim as f64)
             && !self.sliding_layers.iter().any(|&sliding| sliding)
     }
 }
 
 /// RoPE inverse frequencies for `head_dim` and base `theta` with `scaling` applied.
 fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
-        let half = head_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
-        let scaled: Vec<f64> = match scaling {
-            RopeScaling::None => base,
-            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Factors(factors) => base
-                .iter()
-                .zip(factors.iter().chain(std::iter::repeat(&1.0)))
-                .map(|(f, d)| f / *d as f64)
-                .collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: original,
-            } => {
-                let low_freq_wavelen = original / low_freq_factor;
-                let high_freq_wavelen = original / high_freq_factor;
-                base.iter()
-                    .map(|&freq| {
-                        let wavelen = 2.0 * std::f64::consts::PI / freq;
-                        if wavelen < high_freq_wavelen {
-                            freq
-                        } else if wavelen > low_freq_wavelen {
-                            freq / factor
-                        } else {
-                            let smooth = (original / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * freq / factor + smooth * freq
-                        }
-                    })
-                    .collect()
-            }
-        };
+    let half = head_dim / 2;
+    let base: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let scaled: Vec<f64> = match scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Factors(factors) => base
+            .iter()
+            .zip(factors.iter().chain(std::iter::repeat(&1.0)))
+            .map(|(f, d)| f / *d as f64)
+            .collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: original,
+        } => {
+            let low_freq_wavelen = original / low_freq_factor;
+            let high_freq_wavelen = original / high_freq_factor;
+            base.iter()
+                .map(|&freq| {
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    if wavelen < high_freq_wavelen {
+                        freq
+                    } else if wavelen > low_freq_wavelen {
+                        freq / factor
+                    } else {
+                        let smooth = (original / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    }
+                })
+                .collect()
+        }
+    };
     // transformers computes inv_freq in float32 from an int64 arange; match its rounding.
     scaled.into_iter().map(|f| f as f32).collect()
 }
@@ -462,14 +464,12 @@ fn rope_scaling_of(rope: Option<&RopeParameters>, path: &Path) -> Result<RopeSca
                 "original_max_position_embeddings",
             )?,
         },
-        other => {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "rope scaling type `{other}` is not supported (supported: default, linear, llama3)"
-                ),
-            })
-        }
+        other => return Err(Error::Config {
+            path: path.to_path_buf(),
+            reason: format!(
+                "rope scaling type `{other}` is not supported (supported: default, linear, llama3)"
+            ),
+        }),
     })
 }
 

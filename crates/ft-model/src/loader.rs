@@ -170,10 +170,7 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             .ok_or_else(|| gguf_error(path, "cannot tell the vocabulary size"))?,
     };
     if num_attention_heads == 0 {
-        return Err(gguf_error(
-            path,
-            "attention.head_count is 0",
-        ));
+        return Err(gguf_error(path, "attention.head_count is 0"));
     }
     let num_hidden_layers = need_usize("block_count")?;
     let head_dim = get("attention.key_length")
@@ -191,13 +188,17 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
         .map_or(6, |v| v as usize)
         .max(1);
     let sliding_layers = match sliding_window {
-        Some(_) => (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect(),
+        Some(_) => (0..num_hidden_layers)
+            .map(|i| (i + 1) % pattern != 0)
+            .collect(),
         None => Vec::new(),
     };
-    let query_pre_attn_scalar = (gemma && num_hidden_layers == 62)
-        .then(|| (hidden_size / num_attention_heads) as f64);
+    let query_pre_attn_scalar =
+        (gemma && num_hidden_layers == 62).then(|| (hidden_size / num_attention_heads) as f64);
     let rope_scaling = match (
-        get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str),
+        get("rope.scaling.type")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str),
         get("rope.scaling.factor").and_then(meta_f64),
     ) {
         (Some("linear"), Some(factor)) if factor != 1.0 => RopeScaling::Linear { factor },
@@ -224,7 +225,9 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
             .map_or(4096, |v| v as usize),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-        qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
+        qk_norm: content
+            .tensor_infos
+            .contains_key("blk.0.attn_q_norm.weight"),
         activation: if gemma {
             Activation::GeluTanh
         } else {
@@ -315,7 +318,11 @@ fn load_gguf(
             reason: format!("tensor `{name}` ({:?}): {}", info.ggml_dtype, one_line(&e)),
         };
         let quant_type = QuantType::from_ggml(info.ggml_dtype);
-        if let (true, Some(ty), Some(hf)) = (keep_quantized, quant_type, hf_name(name, config.architecture)) {
+        if let (true, Some(ty), Some(hf)) = (
+            keep_quantized,
+            quant_type,
+            hf_name(name, config.architecture),
+        ) {
             if is_quantizable(&hf) && info.shape.rank() == 2 {
                 let (rows, cols) = info.shape.dims2().map_err(weights_error)?;
                 let read = |reader: &mut BufReader<File>| -> candle_core::Result<QuantMatrix> {
@@ -451,12 +458,12 @@ fn load_hf_dir(
                 continue;
             }
             // Gemma's norms scale by (1 + w); llama.cpp's converter stores 1 + w, and so do we.
-            let tensor = if config.architecture == Architecture::Gemma3 && name.ends_with("norm.weight")
-            {
-                (tensor.to_dtype(DType::F32)? + 1.0)?
-            } else {
-                tensor
-            };
+            let tensor =
+                if config.architecture == Architecture::Gemma3 && name.ends_with("norm.weight") {
+                    (tensor.to_dtype(DType::F32)? + 1.0)?
+                } else {
+                    tensor
+                };
             tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
         }
     }

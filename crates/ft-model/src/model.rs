@@ -166,7 +166,14 @@ impl Attention {
                         let mask = window.map(|w| window_key_mask(len, w));
                         if fused {
                             let (k_buf, v_buf) = cache.append_to_buffers(&k_row, &v_row)?;
-                            decode_attention_tensors(&q_row, &k_buf, &v_buf, 0, len, mask.as_deref())
+                            decode_attention_tensors(
+                                &q_row,
+                                &k_buf,
+                                &v_buf,
+                                0,
+                                len,
+                                mask.as_deref(),
+                            )
                         } else {
                             let (k, v) = cache.append(&k_row, &v_row)?;
                             let bias = match mask {
@@ -336,12 +343,11 @@ impl Block {
         lora: Lora,
     ) -> Result<Tensor> {
         let eps = self.rms_norm_eps;
-        let output_norm = |y: Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| match &self
-            .output_norms
-        {
-            Some(norms) => rms_norm(&y, pick(norms), eps),
-            None => Ok(y),
-        };
+        let output_norm =
+            |y: Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| match &self.output_norms {
+                Some(norms) => rms_norm(&y, pick(norms), eps),
+                None => Ok(y),
+            };
         let normed = rms_norm(x, &self.input_layernorm, eps)?;
         let attn = self.self_attn.forward(&normed, cos, sin, kv, lora)?;
         let x = (x + output_norm(attn, |n| &n.0)?)?;
@@ -628,7 +634,14 @@ impl Transformer {
                 return Ok(None);
             }
             let segments = inputs.segments.as_deref();
-            let bias = attention_bias(&inputs.key_mask, segments, seq, window, x.dtype(), x.device());
+            let bias = attention_bias(
+                &inputs.key_mask,
+                segments,
+                seq,
+                window,
+                x.dtype(),
+                x.device(),
+            );
             bias.map(Some)
         };
         let bias = bias_for(None)?;

@@ -174,7 +174,10 @@ fn gemma3_lora_loss_logits_and_grads_match_peft() -> Result<()> {
 fn assert_lora_matches_peft(name: &str, layers: usize) -> Result<()> {
     let model = Model::load(&fixture(&format!("{name}/model")), &Device::Cpu)?;
     let adapter = model
-        .load_adapter(&fixture(&format!("{name}/adapter")), &LoadOptions::default())?
+        .load_adapter(
+            &fixture(&format!("{name}/adapter")),
+            &LoadOptions::default(),
+        )?
         .into_trainable()?;
     assert_eq!(
         adapter.vars().len(),
@@ -187,7 +190,10 @@ fn assert_lora_matches_peft(name: &str, layers: usize) -> Result<()> {
     )))?)?;
     let logits = model.transformer.forward(&inputs, None, Some(&adapter))?;
     let diff = max_diff_on_mask(&logits, &reference["logits"], &mask)?;
-    assert!(diff < LOGITS_ABS_TOL, "{name}: LoRA logits differ by {diff}");
+    assert!(
+        diff < LOGITS_ABS_TOL,
+        "{name}: LoRA logits differ by {diff}"
+    );
 
     let loss = hf_loss(&logits, &reference["labels"])?;
     let expected = reference["loss"].to_dtype(DType::F32)?.flatten_all()?;
