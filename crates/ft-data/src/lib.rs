@@ -20,6 +20,7 @@ pub mod error;
 pub mod format;
 pub mod mask;
 pub mod prepare;
+mod spm;
 pub mod tokenize;
 pub mod tokenizer;
 

@@ -96,6 +96,10 @@ fn byte_level_sequence(
     Ok(Sequence::new(steps).into())
 }
 
+/// Gemma's chat template (as google/gemma-3-*-it ship it, for text content): a system message
+/// joins the first user turn, the assistant is `model`.
+const GEMMA_CHAT_TEMPLATE: &str = include_str!("templates/gemma.jinja");
+
 const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const REGEX_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -131,13 +135,20 @@ impl Tokenizer {
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
             .unwrap_or("");
-        if model != "gpt2" {
+        let architecture = meta("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .map_or("", String::as_str);
+        let gemma = model == "llama" && architecture.starts_with("gemma");
+        if model != "gpt2" && !gemma {
             return Err(tokenizer_error(
                 path,
-                format!("GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); pass an HF directory with tokenizer.json instead"),
+                format!("GGUF tokenizer model `{model}` is not supported for architecture `{architecture}` (supported: byte-level BPE, `gpt2`, and Gemma's SentencePiece); pass an HF directory with tokenizer.json instead"),
             ));
         }
         let tokens = string_array(content, "tokenizer.ggml.tokens", path)?;
+        if gemma {
+            return Self::gemma_from_gguf(content, tokens, path);
+        }
         let merges: Vec<(String, String)> = string_array(content, "tokenizer.ggml.merges", path)?
             .into_iter()
             .map(|m| {
@@ -224,6 +235,41 @@ impl Tokenizer {
             chat_template: meta("tokenizer.chat_template")
                 .and_then(|v| v.to_string().ok())
                 .cloned(),
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// Gemma's SentencePiece vocabulary ([`crate::spm`]); the built-in Gemma chat template
+    /// when the file has none (base models), and `<end_of_turn>` ends generation too.
+    fn gemma_from_gguf(content: &Content, tokens: Vec<String>, path: &Path) -> Result<Self> {
+        let meta = |key: &str| content.metadata.get(key);
+        let types: Vec<u32> = match meta("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok())
+        {
+            Some(values) => values.iter().map(|v| meta_u32(v).unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let inner = crate::spm::gemma_tokenizer(&tokens, &types, path)?;
+        let id_of = |key: &str| meta(key).and_then(meta_u32);
+        let token_of = |key: &str| id_of(key).and_then(|id| tokens.get(id as usize).cloned());
+        let mut eos_ids: Vec<u32> = id_of("tokenizer.ggml.eos_token_id").into_iter().collect();
+        if let Some(end_of_turn) = inner.token_to_id("<end_of_turn>") {
+            if !eos_ids.contains(&end_of_turn) {
+                eos_ids.push(end_of_turn);
+            }
+        }
+        let chat_template = meta("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .or_else(|| Some(GEMMA_CHAT_TEMPLATE.to_string()));
+        Ok(Self {
+            inner,
+            bos_token: token_of("tokenizer.ggml.bos_token_id"),
+            eos_token: token_of("tokenizer.ggml.eos_token_id"),
+            eos_ids,
+            add_bos: meta("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(true),
+            chat_template,
             source: path.to_path_buf(),
         })
     }

@@ -464,12 +464,14 @@ fn rope_scaling_of(rope: Option<&RopeParameters>, path: &Path) -> Result<RopeSca
                 "original_max_position_embeddings",
             )?,
         },
-        other => return Err(Error::Config {
-            path: path.to_path_buf(),
-            reason: format!(
+        other => {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!(
                 "rope scaling type `{other}` is not supported (supported: default, linear, llama3)"
             ),
-        }),
+            })
+        }
     })
 }
 
