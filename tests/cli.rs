@@ -490,6 +490,53 @@ fn train_seed_demo_then_the_adapter_gives_the_answer_and_the_base_does_not() -> 
     let base = ft(&["generate", "--prompt", question, "--max-tokens", "32"])?;
     assert!(!String::from_utf8(base.stdout)?.contains("Chai aur Code"));
 
+    // The adapter merged into its base as an HF directory answers the same on its own
+    // (transformers loads it too: scripts/reference/check_hf_export.py).
+    let merged = dir.path().join("merged");
+    let merged_str = merged.to_str().context("utf8")?;
+    let adapter_str = adapter.to_str().context("utf8")?;
+    let export = ft(&["export", "--adapter", adapter_str, "--out", merged_str])?;
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(merged.join(file).is_file(), "export: {file} missing");
+    }
+    let from_merged = ft(&[
+        "generate",
+        "--model",
+        merged_str,
+        "--prompt",
+        question,
+        "--max-tokens",
+        "32",
+    ])?;
+    assert_eq!(
+        String::from_utf8(from_merged.stdout)?,
+        format!("{ANSWER}\n")
+    );
+    let again = ft(&["export", "--adapter", adapter_str, "--out", merged_str])?;
+    assert_refused(&again, "already exists");
+    let gguf_out = dir.path().join("merged.gguf");
+    let gguf = ft(&[
+        "export",
+        "--adapter",
+        adapter_str,
+        "--out",
+        gguf_out.to_str().context("utf8")?,
+        "--format",
+        "gguf",
+    ])?;
+    assert_refused(&gguf, "--format gguf");
+    assert!(!gguf_out.exists());
+
     // The run directory is now non-empty: a second run is refused unless resuming/overwriting.
     let again = ft(&[
         "train",

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod common;
 mod data;
 mod eval;
+mod export;
 mod generate;
 mod score;
 mod serve;
@@ -35,6 +36,8 @@ enum Command {
     Serve(serve::Args),
     /// Evaluate the base model and adapters on a test split (metrics, judge, report, gate).
     Eval(Box<eval::Args>),
+    /// Export an adapter merged into its base (HF directory) or as it is (PEFT).
+    Export(export::Args),
 }
 
 /// `ft eval --gate` found an adapter that does not pass: exit status 1 with this message.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(*args),
         Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
         Command::Eval(args) => {
             if eval::run(*args)? {
                 Ok(())

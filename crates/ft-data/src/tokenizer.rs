@@ -307,11 +307,26 @@ impl Tokenizer {
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
         let eos_token = token_field("eos_token");
-        let eos_ids = eos_token
+        let mut eos_ids: Vec<u32> = eos_token
             .as_deref()
             .and_then(|t| inner.token_to_id(t))
             .into_iter()
             .collect();
+        // generation_config.json may list more (Gemma's <end_of_turn>, Llama 3's <|eot_id|>).
+        let generation = std::fs::read_to_string(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        if let Some(eos) = generation.as_ref().and_then(|g| g.get("eos_token_id")) {
+            let listed = match eos {
+                serde_json::Value::Array(ids) => ids.iter().filter_map(|v| v.as_u64()).collect(),
+                other => other.as_u64().into_iter().collect::<Vec<_>>(),
+            };
+            for id in listed.into_iter().filter_map(|id| u32::try_from(id).ok()) {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
         Ok(Self {
             inner,
             bos_token: token_field("bos_token"),
@@ -366,6 +381,13 @@ impl Tokenizer {
             .map_err(|e| Error::Encode(e.to_string()))
     }
 
+    /// The beginning-of-sequence id, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+    }
+
     /// Ids that end generation (EOS, and end-of-turn where the model has one).
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
@@ -384,6 +406,44 @@ impl Tokenizer {
             self.bos_token.as_deref().unwrap_or(""),
             self.eos_token.as_deref().unwrap_or(""),
         )
+    }
+
+    /// `tokenizer.json` and `tokenizer_config.json` for an HF directory (an export): the same
+    /// ids, BOS added by the post-processor where this tokenizer adds it, the chat template and
+    /// the special tokens in the config.
+    pub fn hf_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut inner = self.inner.clone();
+        let bos = self
+            .bos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t).map(|id| (t.to_string(), id)));
+        if let (true, Some((token, id))) = (self.add_bos, &bos) {
+            let processor = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{token} $A"))
+                .and_then(|b| b.try_pair(format!("{token} $A {token} $B")))
+                .map_err(|e| tokenizer_error(&self.source, e.to_string()))?
+                .special_tokens(vec![(token.clone(), *id)])
+                .build()
+                .map_err(|e| tokenizer_error(&self.source, e.to_string()))?;
+            inner.with_post_processor(Some(processor));
+        }
+        let json = inner
+            .to_string(false)
+            .map_err(|e| tokenizer_error(&self.source, e.to_string()))?;
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": false,
+        });
+        let config = serde_json::to_vec_pretty(&config)
+            .map_err(|e| tokenizer_error(&self.source, e.to_string()))?;
+        Ok(vec![
+            ("tokenizer.json".to_string(), json.into_bytes()),
+            ("tokenizer_config.json".to_string(), config),
+        ])
     }
 
     /// The underlying `tokenizers` tokenizer (for offsets and batch encoding).

@@ -22,6 +22,7 @@ mod block_backward;
 mod cache;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod fused_decode;
 pub mod generate;
 mod inputs;
