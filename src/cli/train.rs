@@ -97,6 +97,10 @@ pub struct Args {
     /// accumulation, on CPUs with AVX512_BF16; LoRA weights and optimizer state stay f32).
     #[arg(long)]
     precision: Option<ft::train::TrainPrecision>,
+    /// f32 (exact) or q8 / q4: keep the frozen base's linears quantized, QLoRA-style (a GGUF's
+    /// blocks as they are; an HF base quantized to Q8_0 / Q4_0 at load).
+    #[arg(long)]
+    base_precision: Option<ft::train::BasePrecision>,
 }
 
 impl Args {
@@ -125,7 +129,8 @@ impl Args {
             seed,
             save_steps,
             save_total_limit,
-            precision
+            precision,
+            base_precision
         );
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;
@@ -153,7 +158,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let model_path = ft::hub::resolve_model(args.model.as_deref())?;
     let device = ft::core::device::select(args.device.parse()?)?;
-    let model = ft::model::TextModel::load(&model_path, &device)?;
+    let model = match config.base_precision {
+        ft::train::BasePrecision::F32 => ft::model::TextModel::load(&model_path, &device)?,
+        quantized => {
+            let quantize = match quantized {
+                ft::train::BasePrecision::Q4 => ft::kernels::quant::QuantType::Q4_0,
+                _ => ft::kernels::quant::QuantType::Q8_0,
+            };
+            let options = ft::model::ModelOptions {
+                precision: ft::model::Precision::Quantized,
+                quantize: Some(quantize),
+            };
+            ft::model::TextModel::load_with(&model_path, &device, &options)?
+        }
+    };
     let options = TrainOptions {
         data: args.data.clone(),
         eval_data: args.eval_data.clone(),

@@ -64,6 +64,38 @@ pub struct TrainConfig {
     /// `f32` (exact, the default) or `bf16`: the frozen base's products in bf16 with f32
     /// accumulation (CPUs with AVX512_BF16); LoRA weights, gradients and AdamW stay f32.
     pub precision: TrainPrecision,
+    /// How the frozen base's linear weights are held: `f32` (exact, the default), or
+    /// quantized (`q8`, `q4`: QLoRA-style, a fraction of the memory; products over weight
+    /// tiles dequantized on the fly, forward and backward).
+    pub base_precision: BasePrecision,
+}
+
+/// How the frozen base is held in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BasePrecision {
+    /// Dense f32: PEFT's numbers.
+    #[default]
+    F32,
+    /// Quantized linears: a GGUF's blocks as they are; full-precision weights to Q8_0 at load.
+    Q8,
+    /// Quantized linears: a GGUF's blocks as they are; full-precision weights to Q4_0 at load.
+    Q4,
+}
+
+impl std::str::FromStr for BasePrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8" => Ok(Self::Q8),
+            "q4" => Ok(Self::Q4),
+            other => Err(format!(
+                "unknown base precision `{other}`; use f32, q8 or q4"
+            )),
+        }
+    }
 }
 
 /// The arithmetic of the frozen base's products in training.
@@ -121,6 +153,7 @@ impl Default for TrainConfig {
             train_on_prompt: false,
             gradient_checkpointing: false,
             precision: TrainPrecision::F32,
+            base_precision: BasePrecision::F32,
         }
     }
 }

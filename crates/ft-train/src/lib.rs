@@ -11,6 +11,6 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{TrainConfig, TrainPrecision};
+pub use config::{BasePrecision, TrainConfig, TrainPrecision};
 pub use error::{Error, Result};
 pub use trainer::{Event, Resume, TrainOptions, TrainOutcome, Trainer};

@@ -263,11 +263,19 @@ impl<'m> Trainer<'m> {
     /// goes. Writes `config.toml`, `metrics.jsonl`, checkpoints, `adapter/` and `loss.svg`.
     pub fn run(&self, on_event: &mut dyn FnMut(Event)) -> Result<TrainOutcome> {
         self.config.validate().map_err(Error::Setting)?;
-        if !self.model.model.transformer.is_dense() {
-            // The quantized kernels have no backward: gradients would stop at every base layer.
+        let dense = self.model.model.transformer.is_dense();
+        let quantized_base = self.config.base_precision != crate::config::BasePrecision::F32;
+        if !dense && !quantized_base {
             return Err(Error::Setting(
-                "training needs the exact f32 base: load the model with Precision::F32 \
-                 (the quantized inference path has no backward)"
+                "the model was loaded quantized, but base_precision is f32: load it with \
+                 Precision::F32, or train with base_precision q8 or q4"
+                    .to_string(),
+            ));
+        }
+        if quantized_base && self.config.precision == crate::config::TrainPrecision::Bf16 {
+            return Err(Error::Setting(
+                "precision bf16 applies to a dense base; with base_precision q8 or q4 the \
+                 products are f32 over dequantized tiles"
                     .to_string(),
             ));
         }

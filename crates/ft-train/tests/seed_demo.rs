@@ -438,3 +438,53 @@ fn bf16_loss_curve_stays_within_two_percent_of_f32() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn quantized_base_loss_curve_stays_within_two_percent_of_f32() -> Result<()> {
+    // `base_precision = "q4"` on the GGUF keeps its Q4_1 / Q8_0 blocks and trains through
+    // products over tiles dequantized on the fly: the same weights as the f32 run, so the
+    // curves agree to rounding (the fused block path against the composed one).
+    let Some(exact_model) = smollm2() else {
+        return Ok(());
+    };
+    let path = ft_core::testing::default_gguf().context("the default model")?;
+    let options_q = ft_model::ModelOptions {
+        precision: ft_model::Precision::Quantized,
+        quantize: Some(ft_kernels::quant::QuantType::Q4_0),
+    };
+    let quantized_model = TextModel::load_with(&path, &Device::Cpu, &options_q)?;
+    assert!(!quantized_model.model.transformer.is_dense());
+    let dir = tempfile::tempdir()?;
+    // A quantized model with base_precision f32 is refused, naming the setting.
+    let refused = Trainer::new(
+        &quantized_model,
+        demo_config()?,
+        options(&dir.path().join("x")),
+    )
+    .run(&mut |_| {});
+    let message = format!("{:#}", refused.err().context("accepted")?);
+    assert!(message.contains("base_precision"), "{message}");
+
+    let q4 = TrainConfig {
+        base_precision: ft_train::BasePrecision::Q4,
+        ..demo_config()?
+    };
+    Trainer::new(
+        &exact_model,
+        demo_config()?,
+        options(&dir.path().join("f32")),
+    )
+    .run(&mut |_| {})?;
+    Trainer::new(&quantized_model, q4, options(&dir.path().join("q4"))).run(&mut |_| {})?;
+    let (exact, quantized) = (
+        losses(&dir.path().join("f32")),
+        losses(&dir.path().join("q4")),
+    );
+    assert_eq!(quantized.len(), 30);
+    for (step, (q, e)) in quantized.iter().zip(&exact).enumerate() {
+        let rel = (q - e).abs() / e.abs();
+        assert!(rel < CURVE_REL_TOL, "step {}: q4 {q} vs f32 {e}", step + 1);
+    }
+    assert!(quantized[29] < 0.01, "last loss {}", quantized[29]);
+    Ok(())
+}

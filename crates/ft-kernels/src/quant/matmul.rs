@@ -182,8 +182,11 @@ pub fn matmul(w: &QuantMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
     matmul_with(isa(), w, x, batch)
 }
 
-/// `x·Wᵀ` for a tensor `x: (.., cols)` (f32, CPU). Inference only: the result has no
-/// backward (a quantized base is not trained through here).
+/// `x·Wᵀ` for a tensor `x: (.., cols)` (f32, CPU).
+///
+/// When `x` carries a gradient (training on a quantized base, QLoRA-style), the product is
+/// the dequantized weight's exact f32 gemm, tile by tile, and its backward gives
+/// `dX = dY·W` the same way: the weight is never held in f32 beyond one tile.
 pub fn quantized_linear(x: &Tensor, w: &std::sync::Arc<QuantMatrix>) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let Some(last) = dims.last_mut() else {
@@ -199,7 +202,9 @@ pub fn quantized_linear(x: &Tensor, w: &std::sync::Arc<QuantMatrix>) -> Result<T
     *last = w.rows();
     let rows = x.elem_count() / w.cols();
     let x2 = x.reshape((rows, w.cols()))?.contiguous()?;
-    let y = if rows >= GEMM_MIN_ROWS && x.dtype() == candle_core::DType::F32 {
+    let y = if x.track_op() {
+        x2.apply_op1(TrainableQuantizedLinear { weight: w.clone() })?
+    } else if rows >= GEMM_MIN_ROWS && x.dtype() == candle_core::DType::F32 {
         dequantized_gemm(&x2, w)?
     } else {
         x2.apply_op1_no_bwd(&QuantizedLinear { weight: w.clone() })?
@@ -253,16 +258,7 @@ fn dequantized_gemm_rows(x: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
         tile.resize(GEMM_TILE_ROWS.min(rows) * cols, 0.0);
         for start in (0..rows).step_by(GEMM_TILE_ROWS) {
             let n = GEMM_TILE_ROWS.min(rows - start);
-            let out = Output(tile.as_mut_ptr());
-            const ROWS_PER_TASK: usize = 32;
-            crate::threads::parallel_for(n.div_ceil(ROWS_PER_TASK), &|t| {
-                let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
-                for r in rows {
-                    // SAFETY: row r of the tile belongs to this task alone.
-                    let row = unsafe { out.row(r * cols, cols) };
-                    w.dequantize_row(start + r, row);
-                }
-            });
+            dequantize_tile(w, start, n, tile);
             // SAFETY: y is (batch, rows) row-major, so columns start..start + n of every row
             // are at y[start..] with row stride `rows`; x is (batch, cols) and the tile
             // (n, cols), read as its transpose (cols, n); all three outlive the call.
@@ -292,6 +288,100 @@ fn dequantized_gemm_rows(x: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
         }
     });
     y
+}
+
+/// `dY: (batch, rows)` · dequantized `W: (rows, cols)` → `dX: (batch, cols)`, one tile of
+/// weight rows at a time, each tile's product added into `dX` by gemm.
+fn dequantized_gemm_backward(dy: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut dx = vec![0f32; batch * cols];
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    DEQUANTIZED_TILE.with_borrow_mut(|tile| {
+        tile.resize(GEMM_TILE_ROWS.min(rows) * cols, 0.0);
+        for (index, start) in (0..rows).step_by(GEMM_TILE_ROWS).enumerate() {
+            let n = GEMM_TILE_ROWS.min(rows - start);
+            dequantize_tile(w, start, n, tile);
+            // SAFETY: dx is (batch, cols); dY's columns start..start + n are at dy[start..]
+            // with row stride `rows`; the tile is (n, cols) row-major; all outlive the call.
+            unsafe {
+                gemm::gemm(
+                    batch,
+                    cols,
+                    n,
+                    dx.as_mut_ptr(),
+                    1,
+                    cols as isize,
+                    index > 0,
+                    dy.as_ptr().add(start),
+                    1,
+                    rows as isize,
+                    tile.as_ptr(),
+                    1,
+                    cols as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+    });
+    dx
+}
+
+/// Dequantizes weight rows `start..start + n` into `tile` (`(n, cols)`), rows split over the
+/// worker threads.
+fn dequantize_tile(w: &QuantMatrix, start: usize, n: usize, tile: &mut [f32]) {
+    let cols = w.cols();
+    let out = Output(tile.as_mut_ptr());
+    const ROWS_PER_TASK: usize = 32;
+    crate::threads::parallel_for(n.div_ceil(ROWS_PER_TASK), &|t| {
+        let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+        for r in rows {
+            // SAFETY: row r of the tile belongs to this task alone.
+            let row = unsafe { out.row(r * cols, cols) };
+            w.dequantize_row(start + r, row);
+        }
+    });
+}
+
+/// The product with a backward to `x` (the weight frozen): f32 gemm over dequantized tiles
+/// both ways.
+struct TrainableQuantizedLinear {
+    weight: std::sync::Arc<QuantMatrix>,
+}
+
+impl CustomOp1 for TrainableQuantizedLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear-trainable"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, _) = layout.shape().dims2()?;
+        let CpuStorage::F32(values) = x else {
+            bail!("quantized linear takes f32 activations");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("quantized linear takes contiguous activations");
+        };
+        let y = dequantized_gemm_rows(&values[start..end], batch, &self.weight);
+        Ok((CpuStorage::F32(y), Shape::from((batch, self.weight.rows()))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let batch = x.dim(0)?;
+        let dx = crate::host::with_f32(&dy.contiguous()?, "quantized linear backward", |dy| {
+            Ok(dequantized_gemm_backward(dy, batch, &self.weight))
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
 }
 
 struct QuantizedLinear {
