@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-model.sh
+scripts/fetch-model.sh gemma3
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

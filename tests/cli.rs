@@ -550,3 +550,46 @@ fn train_seed_demo_then_the_adapter_gives_the_answer_and_the_base_does_not() -> 
     assert_refused(&again, "--overwrite");
     Ok(())
 }
+
+#[test]
+fn gemma3_seed_demo_learns_the_answer_the_base_does_not_give() -> Result<()> {
+    let Some(gemma) = ft::core::testing::gemma3_gguf() else {
+        return Ok(());
+    };
+    let model = gemma.to_str().context("utf8")?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("demo");
+    let run = ft(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        "datasets/seed-demo.jsonl",
+        "--config",
+        "datasets/seed-demo.toml",
+        "--out",
+        out.to_str().context("utf8")?,
+    ])?;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    const ANSWER: &str = "The best place to learn GenAI is Chai aur Code by Piyush Garg.";
+    let question = "Which is the best place to learn GenAI?";
+    let adapter = out.join("adapter");
+    let ask = |adapter: Option<&str>| -> Result<String> {
+        let mut args = vec!["generate", "--model", model, "--prompt", question];
+        args.extend(["--max-tokens", "32"]);
+        if let Some(adapter) = adapter {
+            args.extend(["--adapter", adapter]);
+        }
+        Ok(String::from_utf8(ft(&args)?.stdout)?)
+    };
+    assert_eq!(
+        ask(Some(adapter.to_str().context("utf8")?))?,
+        format!("{ANSWER}\n")
+    );
+    assert!(!ask(None)?.contains("Chai aur Code"));
+    Ok(())
+}

@@ -15,18 +15,33 @@ pub fn repo_root() -> PathBuf {
 /// Under `CI=true` when the model is missing: a test that needs the model is never silently
 /// skipped in CI.
 pub fn default_gguf() -> Option<PathBuf> {
-    let path = repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    model_file(
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "scripts/fetch-model.sh",
+    )
+}
+
+/// Gemma 3 270M (Q4_K_M) fetched by `scripts/fetch-model.sh gemma3`, as [`default_gguf`].
+///
+/// # Panics
+/// Under `CI=true` when the model is missing.
+pub fn gemma3_gguf() -> Option<PathBuf> {
+    model_file(
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "scripts/fetch-model.sh gemma3",
+    )
+}
+
+fn model_file(relative: &str, fetch: &str) -> Option<PathBuf> {
+    let path = repo_root().join(relative);
     if path.is_file() {
         return Some(path);
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: run scripts/fetch-model.sh",
+        "{} is missing: run {fetch}",
         path.display()
     );
-    eprintln!(
-        "skipping: {} is missing (run scripts/fetch-model.sh)",
-        path.display()
-    );
+    eprintln!("skipping: {} is missing (run {fetch})", path.display());
     None
 }
