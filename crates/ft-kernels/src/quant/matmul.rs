@@ -365,13 +365,8 @@ impl CustomOp1 for TrainableQuantizedLinear {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (batch, _) = layout.shape().dims2()?;
-        let CpuStorage::F32(values) = x else {
-            bail!("quantized linear takes f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("quantized linear takes contiguous activations");
-        };
-        let y = dequantized_gemm_rows(&values[start..end], batch, &self.weight);
+        let x = crate::host::f32_slice(x, layout, "quantized linear")?;
+        let y = dequantized_gemm_rows(x, batch, &self.weight);
         Ok((CpuStorage::F32(y), Shape::from((batch, self.weight.rows()))))
     }
 
@@ -395,13 +390,8 @@ impl CustomOp1 for QuantizedLinear {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (batch, _) = layout.shape().dims2()?;
-        let CpuStorage::F32(values) = x else {
-            bail!("quantized linear takes f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("quantized linear takes contiguous activations");
-        };
-        let y = matmul(&self.weight, &values[start..end], batch)?;
+        let x = crate::host::f32_slice(x, layout, "quantized linear")?;
+        let y = matmul(&self.weight, x, batch)?;
         Ok((CpuStorage::F32(y), Shape::from((batch, self.weight.rows()))))
     }
 }
