@@ -524,18 +524,49 @@ fn train_seed_demo_then_the_adapter_gives_the_answer_and_the_base_does_not() -> 
     );
     let again = ft(&["export", "--adapter", adapter_str, "--out", merged_str])?;
     assert_refused(&again, "already exists");
-    let gguf_out = dir.path().join("merged.gguf");
-    let gguf = ft(&[
+    // For llama.cpp: the merged GGUF, and the adapter as a GGUF LoRA on the base; ft reads both
+    // (llama.cpp too: scripts/reference/check_gguf_exports.sh).
+    let merged_gguf = dir.path().join("merged.gguf");
+    let lora_gguf = dir.path().join("adapter.gguf");
+    for (format, file) in [("gguf", &merged_gguf), ("gguf-lora", &lora_gguf)] {
+        let file = file.to_str().context("utf8")?;
+        let export = ft(&[
+            "export",
+            "--adapter",
+            adapter_str,
+            "--out",
+            file,
+            "--format",
+            format,
+        ])?;
+        assert!(
+            export.status.success(),
+            "{}",
+            String::from_utf8_lossy(&export.stderr)
+        );
+    }
+    let merged_gguf = merged_gguf.to_str().context("utf8")?;
+    let lora_gguf = lora_gguf.to_str().context("utf8")?;
+    for args in [vec!["--model", merged_gguf], vec!["--adapter", lora_gguf]] {
+        let mut command = vec!["generate", "--prompt", question, "--max-tokens", "32"];
+        command.extend(args);
+        let out = ft(&command)?;
+        assert_eq!(
+            String::from_utf8(out.stdout)?,
+            format!("{ANSWER}\n"),
+            "{command:?}"
+        );
+    }
+    let bad = ft(&[
         "export",
         "--adapter",
         adapter_str,
         "--out",
-        gguf_out.to_str().context("utf8")?,
+        "x.gguf",
         "--format",
-        "gguf",
+        "onnx",
     ])?;
-    assert_refused(&gguf, "--format gguf");
-    assert!(!gguf_out.exists());
+    assert_refused(&bad, "--format onnx");
 
     // The run directory is now non-empty: a second run is refused unless resuming/overwriting.
     let again = ft(&[

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use candle_core::quantized::GgmlDType;
 use ft::model::adapter_io::LoadOptions;
 use ft::model::export::{
     hf_config_json, merged_weights, safetensors_bytes, write_directory_atomically,
 };
+use ft::model::export_gguf::{export_gguf_lora, export_merged_gguf};
 use ft::model::text::TextModel;
 use ft::model::ModelOptions;
 
@@ -26,22 +28,35 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// hf: the merged model as an HF directory (config.json, tokenizer, model.safetensors in
-    /// f32); peft: the adapter directory as it is. (gguf and gguf-lora are not done yet.)
+    /// f32); gguf: the base GGUF with the adapter merged (one file for llama.cpp / Ollama);
+    /// gguf-lora: the adapter alone as a llama.cpp LoRA (`llama-cli -m BASE --lora OUT`);
+    /// peft: the adapter directory as it is.
     #[arg(long, default_value = "hf")]
     format: String,
+    /// With --format gguf: the block type of the merged weights (q8_0, q4_0, f16 or f32);
+    /// every other tensor keeps the base's.
+    #[arg(long, default_value = "q8_0")]
+    quantize: String,
 }
 
 /// Runs `ft export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !matches!(args.format.as_str(), "hf" | "peft") {
+    if !matches!(args.format.as_str(), "hf" | "peft" | "gguf" | "gguf-lora") {
         bail!(
-            "--format {}: not supported (supported: hf, peft; gguf and gguf-lora are not done yet)",
+            "--format {}: not supported (supported: hf, gguf, gguf-lora, peft)",
             args.format
         );
     }
+    let merged_type = match args.quantize.as_str() {
+        "q8_0" => GgmlDType::Q8_0,
+        "q4_0" => GgmlDType::Q4_0,
+        "f16" => GgmlDType::F16,
+        "f32" => GgmlDType::F32,
+        other => bail!("--quantize {other}: not supported (supported: q8_0, q4_0, f16, f32)"),
+    };
     if args.out.exists() {
         bail!(
-            "{}: already exists; choose a new output directory",
+            "{}: already exists; choose a new output path",
             args.out.display()
         );
     }
@@ -55,6 +70,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .model
         .load_adapter(&args.adapter, &options)
         .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
+    if args.format.starts_with("gguf") {
+        if !path.is_file() {
+            bail!(
+                "--format {} needs a GGUF base (--model {} is an HF directory); use --format hf",
+                args.format,
+                path.display()
+            );
+        }
+        if args.format == "gguf" {
+            export_merged_gguf(&path, &adapter, merged_type, &args.out)?;
+        } else {
+            export_gguf_lora(&path, &adapter, &args.out)?;
+        }
+        eprintln!("wrote {} ({})", args.out.display(), args.format);
+        return Ok(());
+    }
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     if args.format == "peft" {
         for entry in std::fs::read_dir(&args.adapter)

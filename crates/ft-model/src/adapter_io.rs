@@ -227,7 +227,8 @@ fn parse_config(dir: &Path, value: &Value) -> Result<LoraConfig> {
     })
 }
 
-/// Loads a PEFT-format adapter from `dir` for `model`, whose fingerprint is `model_fingerprint`.
+/// Loads a PEFT-format adapter from `dir` for `model`, whose fingerprint is `model_fingerprint`
+/// (or, when `dir` is a `.gguf` file, a llama.cpp GGUF LoRA: [`crate::export_gguf::load_gguf_lora`]).
 ///
 /// A `manifest.json` (written by `ft`) is verified first: a file changed since it was
 /// written is an error naming the file. Every key must name a linear layer of `model` with
@@ -239,6 +240,14 @@ pub fn load_adapter(
     model_fingerprint: &str,
     options: &LoadOptions,
 ) -> Result<LoraAdapter> {
+    if dir.is_file() && dir.extension().is_some_and(|e| e == "gguf") {
+        return crate::export_gguf::load_gguf_lora(
+            dir,
+            model,
+            model_fingerprint,
+            options.allow_base_mismatch,
+        );
+    }
     if !dir.is_dir() {
         return Err(adapter_error(dir, "no such directory"));
     }

@@ -23,6 +23,7 @@ mod cache;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod export_gguf;
 pub mod fused_decode;
 pub mod generate;
 mod inputs;

@@ -283,7 +283,7 @@ fn hf_name(gguf_name: &str, architecture: Architecture) -> Option<String> {
 
 /// Undoes llama.cpp's row permutation of q/k (its converter interleaves the two rotary halves
 /// of each head; HF keeps them as two blocks). Same as transformers' `reverse_permute_weights`.
-fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn unpermute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = tensor.dims().to_vec();
     let Some(&rows) = dims.first() else {
         candle_core::bail!("q/k weight has no dimensions");
