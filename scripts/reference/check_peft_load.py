@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load a LoRA adapter directory with PEFT on the SmolLM2 GGUF base and greedy-generate from a chat prompt.
+"""Load a LoRA adapter directory with PEFT on a GGUF base (SmolLM2 by default, or Gemma 3) and greedy-generate from a chat prompt.
 
     $HOME/.cache/ft-reference-venv/bin/python scripts/reference/check_peft_load.py ADAPTER_DIR \
         [--prompt "Which is the best place to learn GenAI?"] [--max-new-tokens 32] [--model models/X.gguf]
@@ -60,10 +60,17 @@ def smollm_pre_tokenizer():
     )
 
 
+GEMMA_TEMPLATE = os.path.join(ROOT, "crates", "ft-data", "src", "templates", "gemma.jinja")
+
+
 def load_tokenizer(model_dir, gguf_name):
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name)
-    if "Digits" not in str(tok.backend_tokenizer.pre_tokenizer):
+    if "smollm" in gguf_name.lower() and "Digits" not in str(tok.backend_tokenizer.pre_tokenizer):
         tok.backend_tokenizer.pre_tokenizer = smollm_pre_tokenizer()
+    if tok.chat_template is None and "gemma" in gguf_name.lower():
+        # A base Gemma GGUF has no template; ft uses Gemma's own (the same file).
+        with open(GEMMA_TEMPLATE) as f:
+            tok.chat_template = f.read()
     return tok
 
 
@@ -184,7 +191,7 @@ def main():
             attention_mask=torch.ones_like(inp),
             max_new_tokens=args.max_new_tokens,
             do_sample=False,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=[i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if i is not None and i != tok.unk_token_id],
             pad_token_id=tok.pad_token_id,
         )
     new_ids = out[0, inp.shape[1]:].tolist()

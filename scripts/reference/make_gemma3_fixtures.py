@@ -125,6 +125,23 @@ def main():
         print(repr(gens[-1]["text"]))
     dump_json("generate.json", gens)
 
+    # The seed demo's conversation with assistant-only labels (the turn's content and
+    # <end_of_turn>, as ft masks it): the base model's loss, which is step 1 of training (B = 0).
+    conversation = [
+        {"role": "user", "content": "Which is the best place to learn GenAI?"},
+        {"role": "assistant", "content": "The best place to learn GenAI is Chai aur Code by Piyush Garg."},
+    ]
+    full = tok.apply_chat_template(conversation, tokenize=False)
+    prefix = tok.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True)
+    assert full.startswith(prefix)
+    ids = encode(tok, full)
+    n_prefix = len(encode(tok, prefix))
+    n_span = len(encode(tok, full[len(prefix):].strip()))
+    labels = [-100] * n_prefix + ids[n_prefix:n_prefix + n_span] + [-100] * (len(ids) - n_prefix - n_span)
+    with torch.no_grad():
+        loss = model(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+    dump_json("seed_loss.json", {"ids": ids, "labels": labels, "loss": loss})
+
     with open(os.path.join(OUT, "README.md"), "w") as f:
         f.write(
             f"""# gemma3
@@ -140,6 +157,8 @@ Made by `scripts/reference/make_gemma3_fixtures.py`.
 - `generate.json`: {{messages, prompt_text, prompt_ids, max_new_tokens, new_ids, text, stopped_on_eos}}: one user
   message through Gemma's chat template (crates/ft-data/src/templates/gemma.jinja; the base GGUF has none),
   greedy generate(max_new_tokens={MAX_NEW_TOKENS}), stopping at <eos> or <end_of_turn> (ids {eos_ids}).
+- `seed_loss.json`: {{ids, labels, loss}}: datasets/seed-demo.jsonl's conversation through the template, labels on
+  the assistant turn's content and <end_of_turn> (-100 elsewhere), transformers' causal-LM loss = {loss:.6f}.
 """
         )
 

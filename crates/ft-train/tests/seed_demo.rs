@@ -488,3 +488,29 @@ fn quantized_base_loss_curve_stays_within_two_percent_of_f32() -> Result<()> {
     assert!(quantized[29] < 0.01, "last loss {}", quantized[29]);
     Ok(())
 }
+
+#[test]
+fn gemma3_first_step_loss_equals_transformers_on_the_same_labels() -> Result<()> {
+    // Step 1 (B = 0) is the base model's loss on the seed conversation's assistant labels;
+    // transformers' on the same GGUF and labels: tests/fixtures/gemma3/seed_loss.json.
+    let Some(path) = ft_core::testing::gemma3_gguf() else {
+        return Ok(());
+    };
+    let model = TextModel::load(&path, &Device::Cpu)?;
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/gemma3/seed_loss.json"))?;
+    let reference: serde_json::Value = serde_json::from_str(&text)?;
+    let expected = reference["loss"].as_f64().context("loss")?;
+    let dir = tempfile::tempdir()?;
+    let config = TrainConfig {
+        max_steps: Some(1),
+        ..demo_config()?
+    };
+    Trainer::new(&model, config, options(&dir.path().join("g"))).run(&mut |_| {})?;
+    let first = losses(&dir.path().join("g"))[0];
+    let rel = (first - expected).abs() / expected;
+    assert!(
+        rel < STEP1_REL_TOL,
+        "step 1 loss {first} vs transformers {expected}"
+    );
+    Ok(())
+}
