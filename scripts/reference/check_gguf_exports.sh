@@ -24,7 +24,7 @@ fi
 prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhich is the best place to learn GenAI?<|im_end|>\n<|im_start|>assistant\n'
 ask() {
   "$LLAMA_CPP_BIN/llama-completion" "$@" -p "$prompt" -n 24 --temp 0 --seed 0 -t 2 -no-cnv \
-    --no-display-prompt -r '<|im_end|>' </dev/null 2>/dev/null | sed 's/<|im_end|>.*//' | head -n 1
+    --no-display-prompt -r '<|im_end|>' </dev/null 2>/dev/null | sed -e 's/<|im_end|>.*//' -e 's/ *\[end of text\]//' | head -n 1
 }
 status=0
 for label in merged lora base; do

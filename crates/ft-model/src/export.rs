@@ -110,9 +110,15 @@ pub fn hf_config_json(config: &Config, bos_id: Option<u32>, eos_ids: &[u32]) -> 
     out["rope_scaling"] = rope_scaling;
     if config.architecture == Architecture::Gemma3 {
         out["hidden_activation"] = json!(activation);
-        out["query_pre_attn_scalar"] = json!(config
+        // transformers' config class wants an int here.
+        let scalar = config
             .query_pre_attn_scalar
-            .unwrap_or(config.head_dim as f64));
+            .unwrap_or(config.head_dim as f64);
+        out["query_pre_attn_scalar"] = if scalar.fract() == 0.0 {
+            json!(scalar as u64)
+        } else {
+            json!(scalar)
+        };
         out["sliding_window"] = json!(config.sliding_window);
         out["rope_local_base_freq"] = json!(config.rope_local_theta);
         out["final_logit_softcapping"] = Value::Null;
