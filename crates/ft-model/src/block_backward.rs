@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use ft_kernels::bf16_matmul::bf16_linear;
+use ft_kernels::quant::{dequantized_gemm, dequantized_gemm_backward_tensor};
 use ft_kernels::small_matmul::{x_w_tensor, x_wt_tensor};
 use ft_kernels::{
     attention_backward, attention_forward, rms_norm, rms_norm_backward, rope, rope_backward,
@@ -37,10 +38,11 @@ struct LoraPart {
     b_offset: usize,
 }
 
-/// One linear of the block with its frozen weight, bias and optional LoRA.
+/// One linear of the block with its frozen weight (dense, or quantized: a QLoRA-style base),
+/// bias and optional LoRA.
 #[derive(Clone)]
 struct Projection {
-    weight: Tensor,
+    weight: Weight,
     /// The weight in bf16, in bf16 training.
     bf16: Option<Arc<Bf16Weights>>,
     bias: Option<Tensor>,
@@ -62,10 +64,11 @@ impl Projection {
         offset: &mut usize,
         bf16: bool,
     ) -> Result<Option<Self>> {
-        let Weight::Dense(weight) = linear.weight() else {
-            return Ok(None);
+        let weight = linear.weight();
+        let bf16 = match weight {
+            Weight::Dense(_) if bf16 => linear.bf16_weights()?,
+            _ => None,
         };
-        let bf16 = if bf16 { linear.bf16_weights()? } else { None };
         let lora = adapter.module(linear.path()).map(|module| {
             let a_offset = *offset;
             let b_offset = a_offset + module.a.elem_count();
@@ -86,11 +89,13 @@ impl Projection {
 
     /// `x·Wᵀ + b + scale·dropout(x)·Aᵀ·Bᵀ` for `x: (tokens, in)`, outside the graph.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, ProjectionSaved)> {
-        let mut y = match &self.bf16 {
-            Some(w) => bf16_linear(x, &w.forward)?,
-            None => match x_wt_tensor(x, &self.weight)? {
+        let mut y = match (&self.bf16, &self.weight) {
+            (Some(w), _) => bf16_linear(x, &w.forward)?,
+            // The exact f32 product of the dequantized weight, as the composed path takes.
+            (None, Weight::Quantized(q)) => dequantized_gemm(&x.contiguous()?, q)?,
+            (None, Weight::Dense(w)) => match x_wt_tensor(x, w)? {
                 Some(y) => y,
-                None => x.matmul(&self.weight.t()?)?,
+                None => x.matmul(&w.t()?)?,
             },
         };
         if let Some(bias) = &self.bias {
@@ -124,12 +129,15 @@ impl Projection {
         need_dx: bool,
         d_params: &mut Vec<(usize, Tensor)>,
     ) -> Result<Option<Tensor>> {
-        let mut dx = match (need_dx, &self.bf16) {
-            (false, _) => None,
-            (true, Some(w)) => Some(bf16_linear(dy, &w.backward)?),
-            (true, None) => match x_w_tensor(dy, &self.weight)? {
+        let mut dx = match (need_dx, &self.bf16, &self.weight) {
+            (false, _, _) => None,
+            (true, Some(w), _) => Some(bf16_linear(dy, &w.backward)?),
+            (true, None, Weight::Quantized(q)) => {
+                Some(dequantized_gemm_backward_tensor(&dy.contiguous()?, q)?)
+            }
+            (true, None, Weight::Dense(w)) => match x_w_tensor(dy, w)? {
                 Some(dx) => Some(dx),
-                None => Some(dy.matmul(&self.weight)?),
+                None => Some(dy.matmul(w)?),
             },
         };
         if let (Some(part), Some(xa)) = (&self.lora, &saved.xa) {

@@ -34,6 +34,7 @@ pub mod loss;
 pub mod manifest;
 pub mod model;
 pub mod pretrained;
+mod safetensors_stream;
 pub mod text;
 
 pub use cache::Cache;

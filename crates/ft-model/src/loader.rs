@@ -439,12 +439,7 @@ fn load_hf_dir(
     let mut quantized = QuantizedWeights::new();
     let mut fingerprint_rows = None;
     for file in safetensors_files(dir)? {
-        let loaded =
-            candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::Weights {
-                path: file.clone(),
-                reason: one_line(&e),
-            })?;
-        for (name, tensor) in loaded {
+        crate::safetensors_stream::for_each_tensor(&file, |name, tensor| {
             if let Some(ty) = quantize.filter(|ty| is_quantizable(&name) && fits(&tensor, *ty)) {
                 if name == "model.embed_tokens.weight" {
                     let rows = tensor.dim(0)?.min(FINGERPRINT_ROWS);
@@ -455,7 +450,7 @@ fn load_hf_dir(
                     reason: format!("quantizing `{name}` to {ty:?}: {}", one_line(&e)),
                 })?;
                 quantized.insert(name, Arc::new(matrix));
-                continue;
+                return Ok(());
             }
             // Gemma's norms scale by (1 + w); llama.cpp's converter stores 1 + w, and so do we.
             let tensor =
@@ -465,7 +460,8 @@ fn load_hf_dir(
                     tensor
                 };
             tensors.insert(name, tensor.to_dtype(dtype)?.to_device(device)?);
-        }
+            Ok(())
+        })?;
     }
     Ok(LoadedWeights {
         config,

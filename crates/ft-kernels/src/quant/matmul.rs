@@ -290,6 +290,22 @@ fn dequantized_gemm_rows(x: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
     y
 }
 
+/// `dy: (batch, rows)` f32 · dequantized `W` → `(batch, cols)`: the input gradient of
+/// [`dequantized_gemm`], tile by tile.
+pub fn dequantized_gemm_backward_tensor(dy: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
+    let (batch, rows) = dy.dims2()?;
+    if rows != w.rows() {
+        bail!(
+            "dequantized gemm backward: gradient has {rows} features, weight has {} rows",
+            w.rows()
+        );
+    }
+    let dx = crate::host::with_f32(dy, "dequantized gemm backward", |dy| {
+        Ok(dequantized_gemm_backward(dy, batch, w))
+    })?;
+    Tensor::from_vec(dx, (batch, w.cols()), dy.device())
+}
+
 /// `dY: (batch, rows)` · dequantized `W: (rows, cols)` → `dX: (batch, cols)`, one tile of
 /// weight rows at a time, each tile's product added into `dX` by gemm.
 fn dequantized_gemm_backward(dy: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {

@@ -17,8 +17,8 @@ pub use dispatch::{isa, Isa};
 pub use format::QuantMatrix;
 pub use format::QuantType;
 pub use matmul::{
-    dequantized_gemm, matmul, matmul_many, matmul_many_with, matmul_with, quantized_linear,
-    GEMM_MIN_ROWS,
+    dequantized_gemm, dequantized_gemm_backward_tensor, matmul, matmul_many, matmul_many_with,
+    matmul_with, quantized_linear, GEMM_MIN_ROWS,
 };
 
 /// `Σ w·x` of weight row `r` of `w` and activation row `xr` of `x`, with the kernel of `isa`.
