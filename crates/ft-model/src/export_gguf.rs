@@ -16,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Architecture;
-use crate::loader::config_from_gguf;
+use crate::loader::{config_from_gguf, LINEAR_NAMES};
 use crate::lora::LoraAdapter;
 use crate::{Error, Result};
 
@@ -25,16 +25,7 @@ use crate::{Error, Result};
 fn gguf_module(hf_path: &str) -> Option<String> {
     let rest = hf_path.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
-    let short = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
+    let (short, _) = LINEAR_NAMES.iter().find(|(_, hf)| *hf == module)?;
     Some(format!("blk.{layer}.{short}"))
 }
 
@@ -233,16 +224,7 @@ fn hf_module_of_lora(name: &str) -> Option<(String, char)> {
     };
     let rest = module.strip_prefix("blk.")?;
     let (layer, short) = rest.split_once('.')?;
-    let hf = match short {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (_, hf) = LINEAR_NAMES.iter().find(|(gguf, _)| *gguf == short)?;
     Some((format!("model.layers.{layer}.{hf}"), matrix))
 }
 

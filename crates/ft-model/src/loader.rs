@@ -246,6 +246,17 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
     Ok(config)
 }
 
+/// The block linears' llama.cpp names and their HF module paths within a block.
+pub(crate) const LINEAR_NAMES: [(&str, &str); 7] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
 /// Maps a llama.cpp tensor name to its Hugging Face name (`ffn_norm` is the MLP's input norm:
 /// Gemma's `pre_feedforward_layernorm`, llama's `post_attention_layernorm`).
 fn hf_name(gguf_name: &str, architecture: Architecture) -> Option<String> {
@@ -261,14 +272,10 @@ fn hf_name(gguf_name: &str, architecture: Architecture) -> Option<String> {
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
+    if let Some(&(_, hf)) = LINEAR_NAMES.iter().find(|(gguf, _)| *gguf == module) {
+        return Some(format!("model.layers.{layer}.{hf}.{kind}"));
+    }
     let hf_module = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
         "attn_norm" => "input_layernorm",
         "ffn_norm" if architecture == Architecture::Gemma3 => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
