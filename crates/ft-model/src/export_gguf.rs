@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::Architecture;
+use crate::config::{Architecture, Config};
 use crate::loader::{config_from_gguf, LINEAR_NAMES};
 use crate::lora::LoraAdapter;
 use crate::{Error, Result};
@@ -42,23 +42,17 @@ fn permute_rows(tensor: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 }
 
 /// The heads whose permutation a module's output rows get in a llama GGUF, if any.
-fn permuted_heads(
-    content: &Content,
-    architecture: Architecture,
-    hf_path: &str,
-    path: &Path,
-) -> Result<Option<usize>> {
-    if architecture != Architecture::Llama {
-        return Ok(None);
+fn permuted_heads(config: &Config, hf_path: &str) -> Option<usize> {
+    if config.architecture != Architecture::Llama {
+        return None;
     }
-    let config = config_from_gguf(content, path)?;
-    Ok(if hf_path.ends_with("self_attn.q_proj") {
+    if hf_path.ends_with("self_attn.q_proj") {
         Some(config.num_attention_heads)
     } else if hf_path.ends_with("self_attn.k_proj") {
         Some(config.num_key_value_heads)
     } else {
         None
-    })
+    }
 }
 
 fn read_content(base: &Path) -> Result<(Content, BufReader<std::fs::File>)> {
@@ -110,7 +104,7 @@ pub fn export_gguf_lora(base: &Path, adapter: &LoraAdapter, out: &Path) -> Resul
         .and_then(|v| v.to_string().ok())
         .cloned()
         .ok_or_else(|| gguf_error(base, "missing `general.architecture`"))?;
-    let architecture = config_from_gguf(&content, base)?.architecture;
+    let config = config_from_gguf(&content, base)?;
     let mut tensors = Vec::new();
     let mut rank = None;
     for (path, module) in adapter.modules() {
@@ -118,7 +112,7 @@ pub fn export_gguf_lora(base: &Path, adapter: &LoraAdapter, out: &Path) -> Resul
             .ok_or_else(|| gguf_error(base, format!("no llama.cpp name for module `{path}`")))?;
         let a = module.a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let mut b = module.b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if let Some(heads) = permuted_heads(&content, architecture, path, base)? {
+        if let Some(heads) = permuted_heads(&config, path) {
             b = permute_rows(&b, heads)?;
         }
         rank = Some(a.dim(0)?);
@@ -165,7 +159,7 @@ pub fn export_merged_gguf(
     out: &Path,
 ) -> Result<()> {
     let (content, mut reader) = read_content(base)?;
-    let architecture = config_from_gguf(&content, base)?.architecture;
+    let config = config_from_gguf(&content, base)?;
     let mut deltas = std::collections::HashMap::new();
     for (path, module) in adapter.modules() {
         let name = gguf_module(path)
@@ -173,7 +167,7 @@ pub fn export_merged_gguf(
         let a = module.a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let b = module.b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let mut delta = (b.matmul(&a)? * module.scale)?;
-        if let Some(heads) = permuted_heads(&content, architecture, path, base)? {
+        if let Some(heads) = permuted_heads(&config, path) {
             delta = permute_rows(&delta, heads)?;
         }
         deltas.insert(format!("{name}.weight"), delta);

@@ -696,22 +696,16 @@ impl Transformer {
             }
             let cache = cache.as_deref_mut().map(|c| c.layer(i));
             let (cos, sin) = rotations.of_layer(sliding);
-            let kv = match sliding {
-                true if direct => KvSource::Batch {
-                    bias: None,
-                    key_mask: &local_key_mask,
-                    cache,
+            // Sliding layers read their own mask: the windowed bias, or on the direct decode
+            // step (no bias at all) the windowed key mask.
+            let kv = KvSource::Batch {
+                bias: if sliding { &local_bias } else { &bias }.as_ref(),
+                key_mask: if sliding && direct {
+                    &local_key_mask
+                } else {
+                    &inputs.key_mask
                 },
-                true => KvSource::Batch {
-                    bias: local_bias.as_ref(),
-                    key_mask: &inputs.key_mask,
-                    cache,
-                },
-                false => KvSource::Batch {
-                    bias: bias.as_ref(),
-                    key_mask: &inputs.key_mask,
-                    cache,
-                },
+                cache,
             };
             x = block.forward(&x, cos, sin, kv, lora)?;
         }

@@ -248,12 +248,7 @@ pub fn dequantized_gemm(x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
 fn dequantized_gemm_rows(x: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
     let mut y = vec![0f32; batch * rows];
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism();
     DEQUANTIZED_TILE.with_borrow_mut(|tile| {
         tile.resize(GEMM_TILE_ROWS.min(rows) * cols, 0.0);
         for start in (0..rows).step_by(GEMM_TILE_ROWS) {
@@ -290,6 +285,14 @@ fn dequantized_gemm_rows(x: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
     y
 }
 
+/// gemm's threading: candle's worker count.
+fn gemm_parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        threads if threads > 1 => gemm::Parallelism::Rayon(threads),
+        _ => gemm::Parallelism::None,
+    }
+}
+
 /// `dy: (batch, rows)` f32 · dequantized `W` → `(batch, cols)`: the input gradient of
 /// [`dequantized_gemm`], tile by tile.
 pub fn dequantized_gemm_backward_tensor(dy: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
@@ -311,12 +314,7 @@ pub fn dequantized_gemm_backward_tensor(dy: &Tensor, w: &QuantMatrix) -> Result<
 fn dequantized_gemm_backward(dy: &[f32], batch: usize, w: &QuantMatrix) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
     let mut dx = vec![0f32; batch * cols];
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism();
     DEQUANTIZED_TILE.with_borrow_mut(|tile| {
         tile.resize(GEMM_TILE_ROWS.min(rows) * cols, 0.0);
         for (index, start) in (0..rows).step_by(GEMM_TILE_ROWS).enumerate() {
@@ -386,12 +384,11 @@ impl CustomOp1 for TrainableQuantizedLinear {
         Ok((CpuStorage::F32(y), Shape::from((batch, self.weight.rows()))))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let batch = x.dim(0)?;
-        let dx = crate::host::with_f32(&dy.contiguous()?, "quantized linear backward", |dy| {
-            Ok(dequantized_gemm_backward(dy, batch, &self.weight))
-        })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dequantized_gemm_backward_tensor(
+            &dy.contiguous()?,
+            &self.weight,
+        )?))
     }
 }
 
