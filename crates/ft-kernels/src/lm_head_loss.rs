@@ -26,8 +26,51 @@ const CHUNK_TOKENS: usize = 128;
 /// # Shapes
 /// `hidden: (n, hidden)`, `weight: (vocab, hidden)` frozen, `targets: n` ids → `(n)`.
 pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    fused_or_composed(
+        hidden,
+        weight.dim(0)?,
+        targets,
+        |chunk| match crate::small_matmul::x_wt_tensor(chunk, weight)? {
+            Some(logits) => Ok(logits),
+            None => chunk.matmul(&weight.t()?),
+        },
+        |d_logits| match crate::small_matmul::x_w_tensor(d_logits, weight)? {
+            Some(d) => Ok(d),
+            None => d_logits.matmul(weight),
+        },
+        |hidden| crate::frozen_linear(hidden, weight),
+    )
+}
+
+/// As [`lm_head_nll`] for a head kept quantized (training on a quantized base): each chunk's
+/// logits and its `(softmax − onehot)·W` are gemms over weight tiles dequantized on the fly, so
+/// neither the `(tokens, vocab)` logits nor an f32 copy of the head outlive a chunk.
+pub fn lm_head_nll_quantized(
+    hidden: &Tensor,
+    weight: &std::sync::Arc<crate::quant::QuantMatrix>,
+    targets: &[u32],
+) -> Result<Tensor> {
+    fused_or_composed(
+        hidden,
+        weight.rows(),
+        targets,
+        |chunk| crate::quant::dequantized_gemm(chunk, weight),
+        |d_logits| crate::quant::dequantized_gemm_backward_tensor(d_logits, weight),
+        |hidden| crate::quant::quantized_linear(hidden, weight),
+    )
+}
+
+/// The fused op over a head given by its two products (`x·Wᵀ` and `dY·W`), or the composed
+/// path (`head` then [`crate::masked_cross_entropy`]) where the fused one does not apply.
+fn fused_or_composed(
+    hidden: &Tensor,
+    vocab: usize,
+    targets: &[u32],
+    logits_of: impl Fn(&Tensor) -> Result<Tensor>,
+    d_hidden_of: impl Fn(&Tensor) -> Result<Tensor>,
+    head: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (n, _) = hidden.dims2()?;
-    let vocab = weight.dim(0)?;
     if targets.len() != n {
         candle_core::bail!("lm-head loss: {n} hidden states, {} targets", targets.len());
     }
@@ -35,7 +78,7 @@ pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<
         candle_core::bail!("lm-head loss: target {bad} is outside the vocabulary of {vocab}");
     }
     if !fused_backward_applies(hidden) || crate::backward_path::composed() {
-        let logits = crate::frozen_linear(hidden, weight)?;
+        let logits = head(hidden)?;
         let targets = Tensor::from_slice(targets, n, hidden.device())?;
         let ones = Tensor::ones(n, DType::F32, hidden.device())?;
         return Ok(crate::masked_cross_entropy(&logits, &targets, &ones)?.1);
@@ -46,18 +89,13 @@ pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<
     for start in (0..n).step_by(CHUNK_TOKENS) {
         let len = CHUNK_TOKENS.min(n - start);
         let chunk = frozen.narrow(0, start, len)?.contiguous()?;
-        let logits = match crate::small_matmul::x_wt_tensor(&chunk, weight)? {
-            Some(logits) => logits,
-            None => chunk.matmul(&weight.t()?)?,
-        }; // (len, vocab)
+        let logits = logits_of(&chunk)?; // (len, vocab)
         let chunk_targets = &targets[start..start + len];
         let (chunk_nll, d_logits) = softmax_minus_onehot(&logits, chunk_targets, vocab)?;
+        drop(logits);
         nll.extend(chunk_nll);
         let d_logits = Tensor::from_vec(d_logits, (len, vocab), hidden.device())?;
-        d_hidden.push(match crate::small_matmul::x_w_tensor(&d_logits, weight)? {
-            Some(d) => d,
-            None => d_logits.matmul(weight)?,
-        });
+        d_hidden.push(d_hidden_of(&d_logits)?);
     }
     let op = LmHeadNll {
         nll: Mutex::new(Some(nll)),
@@ -144,6 +182,30 @@ mod tests {
         let fused = lm_head_nll(h.as_tensor(), &w, &targets)?;
         let composed =
             crate::backward_path::with_composed(|| lm_head_nll(h.as_tensor(), &w, &targets))?;
+        assert_close(&fused, &composed, 1e-5)?;
+        let g_fused = grad_of(&fused, &upstream, h.as_tensor())?;
+        let g_composed = grad_of(&composed, &upstream, h.as_tensor())?;
+        assert_close(&g_fused, &g_composed, 1e-5)
+    }
+
+    #[test]
+    fn fused_quantized_head_equals_autograd_of_the_composition() -> Result<()> {
+        use crate::quant::{QuantMatrix, QuantType};
+        let device = Device::Cpu;
+        let (n, hidden, vocab) = (CHUNK_TOKENS + 21, 64, 1100);
+        let h = Var::randn(0f32, 1., (n, hidden), &device)?;
+        let dense = Tensor::randn(0f32, 0.5, (vocab, hidden), &device)?;
+        let q = candle_core::quantized::QTensor::quantize(&dense, QuantType::Q4_0.to_ggml())?;
+        let bytes = q.data()?.to_vec();
+        let w = std::sync::Arc::new(QuantMatrix::new(QuantType::Q4_0, vocab, hidden, bytes)?);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % vocab) as u32).collect();
+        let upstream = Tensor::randn(0f32, 1., n, &device)?;
+        let fused = lm_head_nll_quantized(h.as_tensor(), &w, &targets)?;
+        // The composed path on the same (dequantized) weights, dense.
+        let dequantized = Tensor::from_vec(w.dequantize(), (vocab, hidden), &device)?;
+        let composed = crate::backward_path::with_composed(|| {
+            lm_head_nll(h.as_tensor(), &dequantized, &targets)
+        })?;
         assert_close(&fused, &composed, 1e-5)?;
         let g_fused = grad_of(&fused, &upstream, h.as_tensor())?;
         let g_composed = grad_of(&composed, &upstream, h.as_tensor())?;

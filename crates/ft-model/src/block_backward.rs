@@ -177,15 +177,15 @@ struct BlockParts {
 }
 
 /// What the forward keeps for backward (or what backward recomputes, with checkpointing).
+/// The two norms' outputs and the attention output in head layout are not kept: backward
+/// recomputes them from `x`, `x2` and `attn_rows` (exactly, and cheaply next to the
+/// products), which saves three `(tokens, hidden)` buffers per block.
 struct Saved {
-    n1: Tensor,
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    attn: Tensor,
     attn_rows: Tensor,
     x2: Tensor,
-    n2: Tensor,
     gate: Tensor,
     up: Tensor,
     projections: Vec<ProjectionSaved>,
@@ -216,15 +216,13 @@ impl BlockParts {
         let up = project(5, &n2)?;
         let down = project(6, &swiglu(&gate, &up)?)?;
         let out = (&x2 + down.reshape((b, t, hidden))?)?;
+        drop((n1, n2, attn));
         let saved = Saved {
-            n1,
             q,
             k,
             v,
-            attn,
             attn_rows,
             x2,
-            n2,
             gate,
             up,
             projections: kept,
@@ -255,13 +253,15 @@ impl BlockParts {
         let d_act =
             d_act.ok_or_else(|| candle_core::Error::Msg("no activation gradient".into()))?;
         let (d_gate, d_up) = swiglu_backward(&s.gate, &s.up, &d_act)?;
-        let d_n2_gate = p[4].backward(&s.n2, &sp[4], &d_gate, true, &mut d_params)?;
-        let d_n2_up = p[5].backward(&s.n2, &sp[5], &d_up, true, &mut d_params)?;
+        let x2 = s.x2.reshape((b * t, hidden))?;
+        let n2 = rms_norm(&x2, &self.norms.1, self.eps)?;
+        let d_n2_gate = p[4].backward(&n2, &sp[4], &d_gate, true, &mut d_params)?;
+        let d_n2_up = p[5].backward(&n2, &sp[5], &d_up, true, &mut d_params)?;
+        drop(n2);
         let d_n2 = match (d_n2_gate, d_n2_up) {
             (Some(a), Some(b)) => (a + b)?,
             _ => candle_core::bail!("no gradient for the MLP input"),
         };
-        let x2 = s.x2.reshape((b * t, hidden))?;
         let d_x2 = (&grad + rms_norm_backward(&x2, &self.norms.1, self.eps, &d_n2)?)?;
         // Attention: x2 = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1)))
         let d_attn_rows = p[3].backward(&s.attn_rows, &sp[3], &d_x2, true, &mut d_params)?;
@@ -271,15 +271,23 @@ impl BlockParts {
             .reshape((b, t, h, d))?
             .transpose(1, 2)?
             .contiguous()?;
+        let attn = s
+            .attn_rows
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let (d_q, d_k, d_v) =
-            attention_backward(&s.q, &s.k, &s.v, &s.attn, &d_attn, Some(&self.bias))?;
+            attention_backward(&s.q, &s.k, &s.v, &attn, &d_attn, Some(&self.bias))?;
+        drop(attn);
         let token_rows = |g: Tensor, n: usize| g.transpose(1, 2)?.reshape((b * t, n * d));
         let d_q = token_rows(rope_backward(&d_q, &self.cos, &self.sin)?, h)?;
         let d_k = token_rows(rope_backward(&d_k, &self.cos, &self.sin)?, kvh)?;
         let d_v = token_rows(d_v, kvh)?;
+        let x_rows = x.reshape((b * t, hidden))?;
+        let n1 = rms_norm(&x_rows, &self.norms.0, self.eps)?;
         let mut d_n1: Option<Tensor> = None;
         for (i, dy) in [(0, &d_q), (1, &d_k), (2, &d_v)] {
-            if let Some(dx) = p[i].backward(&s.n1, &sp[i], dy, need_dx, &mut d_params)? {
+            if let Some(dx) = p[i].backward(&n1, &sp[i], dy, need_dx, &mut d_params)? {
                 d_n1 = Some(match d_n1 {
                     Some(sum) => (sum + dx)?,
                     None => dx,
@@ -288,8 +296,7 @@ impl BlockParts {
         }
         let dx = match d_n1 {
             Some(d_n1) if need_dx => {
-                let x = x.reshape((b * t, hidden))?;
-                let dx = (d_x2 + rms_norm_backward(&x, &self.norms.0, self.eps, &d_n1)?)?;
+                let dx = (d_x2 + rms_norm_backward(&x_rows, &self.norms.0, self.eps, &d_n1)?)?;
                 Some(dx.reshape((b, t, hidden))?)
             }
             _ => None,

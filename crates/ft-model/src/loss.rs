@@ -70,12 +70,7 @@ pub fn causal_lm_loss(
     let nll = match model.lm_head() {
         // The LM head and the cross-entropy in one op: no (labels, vocab) buffer kept.
         Weight::Dense(w) => ft_kernels::lm_head_nll(&predicting, w, &targets)?,
-        Weight::Quantized(_) => {
-            let logits = model.logits(&predicting)?; // (labels, vocab)
-            let targets = Tensor::from_vec(targets, num_labels, device)?;
-            let ones = Tensor::ones(num_labels, DType::F32, device)?;
-            ft_kernels::masked_cross_entropy(&logits, &targets, &ones)?.1
-        }
+        Weight::Quantized(w) => ft_kernels::lm_head_nll_quantized(&predicting, w, &targets)?,
     };
     let sum = nll.sum_all()?;
     let mean = (&sum / num_labels as f64)?;
