@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ft::model::TextModel;
-use ft::serve::{Engine, EngineConfig, Registry, Server, ServerConfig};
+use ft::serve::{
+    Engine, EngineConfig, FineTuning, FineTuningConfig, Registry, Server, ServerConfig,
+};
 
 /// Arguments of `ft serve`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +58,24 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Turns on OpenAI's files and fine-tuning jobs API, with its store (SQLite), uploaded
+    /// files, job runs and trained adapters in this directory; jobs, files and adapters
+    /// survive restarts, and a job that was running resumes from its last checkpoint.
+    #[arg(long, env = "FT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The training recipe (TOML, as `ft train --config`) jobs start from; a job's
+    /// hyperparameters then set epochs and batch size and scale the learning rate.
+    #[arg(long)]
+    job_config: Option<PathBuf>,
+    /// Largest file `POST /v1/files` accepts, in bytes (larger: 413).
+    #[arg(long, default_value_t = 512 << 20)]
+    max_upload_bytes: usize,
+    /// Cores a fine-tuning job trains on; requests keep the others.
+    #[arg(long, default_value_t = 1)]
+    train_threads: usize,
+    /// `organization_id` of jobs and the org part of fine-tuned model names.
+    #[arg(long, default_value = "local")]
+    organization: String,
     #[command(flatten)]
     precision: super::common::PrecisionArgs,
 }
@@ -96,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
         },
     )?;
-    let server = Server::new(
+    let mut server = Server::new(
         engine,
         registry.clone(),
         ServerConfig {
@@ -106,6 +126,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_request_seconds: args.max_request_seconds,
         },
     );
+    if let Some(state_dir) = &args.state_dir {
+        let recipe = match &args.job_config {
+            Some(path) => ft::train::TrainConfig::from_file(path)?,
+            None => ft::train::TrainConfig::default(),
+        };
+        recipe
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--job-config: invalid setting: {e}"))?;
+        let mut config = FineTuningConfig::new(state_dir.clone(), path.clone(), recipe);
+        config.max_upload_bytes = args.max_upload_bytes;
+        config.train_threads = args.train_threads.max(1);
+        config.organization = args.organization.clone();
+        let fine_tuning = FineTuning::start(config, registry.clone())
+            .map_err(|e| anyhow::anyhow!("--state-dir: {e}"))?;
+        server = server.with_fine_tuning(fine_tuning);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let address = format!("{}:{}", args.host, args.port);

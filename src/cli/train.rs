@@ -158,20 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let model_path = ft::hub::resolve_model(args.model.as_deref())?;
     let device = ft::core::device::select(args.device.parse()?)?;
-    let model = match config.base_precision {
-        ft::train::BasePrecision::F32 => ft::model::TextModel::load(&model_path, &device)?,
-        quantized => {
-            let quantize = match quantized {
-                ft::train::BasePrecision::Q4 => ft::kernels::quant::QuantType::Q4_0,
-                _ => ft::kernels::quant::QuantType::Q8_0,
-            };
-            let options = ft::model::ModelOptions {
-                precision: ft::model::Precision::Quantized,
-                quantize: Some(quantize),
-            };
-            ft::model::TextModel::load_with(&model_path, &device, &options)?
-        }
-    };
+    let model = ft::train::load_model(&model_path, &device, config.base_precision)?;
     let options = TrainOptions {
         data: args.data.clone(),
         eval_data: args.eval_data.clone(),

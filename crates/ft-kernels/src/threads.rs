@@ -10,6 +10,22 @@ use crate::spin_pool::SpinPool;
 
 static POOL: RwLock<Option<Arc<SpinPool>>> = RwLock::new(None);
 
+thread_local! {
+    /// A pool of this thread's own, set by [`use_own_threads`]: kernels called from this thread
+    /// run on it instead of the process pool.
+    static OWN_POOL: std::cell::RefCell<Option<Arc<SpinPool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the kernels called from the current thread run on `threads` threads of its own (this
+/// one included; 1 = this thread alone) instead of the process pool. `ft serve` trains on such a
+/// thread, so that a fine-tuning job takes `--train-threads` cores and leaves the rest of the
+/// pool to the requests.
+pub fn use_own_threads(threads: usize) -> Result<()> {
+    let pool = start(threads.max(1))?;
+    OWN_POOL.with(|own| *own.borrow_mut() = Some(pool));
+    Ok(())
+}
+
 /// Physical cores (hyper-threads share one core's units; the kernels are bound by them).
 pub fn default_num_threads() -> usize {
     num_cpus::get_physical().max(1)
@@ -45,6 +61,9 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
 }
 
 fn pool() -> Arc<SpinPool> {
+    if let Some(own) = OWN_POOL.with(|own| own.borrow().clone()) {
+        return own;
+    }
     if let Some(pool) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return pool.clone();
     }

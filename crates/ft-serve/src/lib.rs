@@ -28,6 +28,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod fine_tuning;
 pub mod metrics;
 pub mod openai;
 pub mod prefix_cache;
@@ -37,5 +38,6 @@ pub mod server;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::ApiError;
+pub use fine_tuning::{FineTuning, FineTuningConfig};
 pub use registry::Registry;
 pub use server::{Server, ServerConfig};

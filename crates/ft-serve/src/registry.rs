@@ -143,6 +143,18 @@ impl Registry {
     /// Loads the adapter in `dir` under `name` (replacing any adapter of that name for new
     /// requests) and returns the new version. The base fingerprint is checked.
     pub fn load(&self, name: &str, dir: &Path) -> Result<ResolvedAdapter, ApiError> {
+        self.load_version(name, dir, None)
+    }
+
+    /// As [`Registry::load`], numbering it `version` when given (a version the store
+    /// recorded, so that `name@N` means the same adapter across restarts) instead of the next
+    /// number of this process.
+    pub fn load_version(
+        &self,
+        name: &str,
+        dir: &Path,
+        version: Option<u64>,
+    ) -> Result<ResolvedAdapter, ApiError> {
         check_name(name)?;
         if name == self.base_id() {
             return Err(ApiError::invalid(
@@ -155,7 +167,7 @@ impl Registry {
         let mut table = self.lock();
         let version = {
             let next = table.next_version.entry(name.to_string()).or_insert(0);
-            *next += 1;
+            *next = version.unwrap_or(*next + 1).max(*next);
             *next
         };
         table.clock += 1;
@@ -173,6 +185,25 @@ impl Registry {
             version,
             adapter: weights,
         })
+    }
+
+    /// Makes `name` (version `version`) servable from `dir` without reading it now: its weights
+    /// load on the first request, like an evicted adapter's. For what a restarted server knew
+    /// (checked when it was first loaded), so that start-up does not read every adapter.
+    pub fn register(&self, name: &str, dir: &Path, version: u64) -> Result<(), ApiError> {
+        check_name(name)?;
+        let mut table = self.lock();
+        let next = table.next_version.entry(name.to_string()).or_insert(0);
+        *next = (*next).max(version);
+        let entry = Entry {
+            dir: dir.to_path_buf(),
+            version,
+            created: unix_now(),
+            weights: None,
+            last_used: 0,
+        };
+        table.entries.insert(name.to_string(), entry);
+        Ok(())
     }
 
     fn read(&self, dir: &Path) -> Result<LoraAdapter, ApiError> {

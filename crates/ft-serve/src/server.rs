@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Engine, Event, FinishReason};
 use crate::error::{openai_errors, ApiError};
+use crate::fine_tuning::FineTuning;
 use crate::metrics::Metrics;
 use crate::openai::{ChatRequest, CompletionRequest, ModelCard};
 use crate::registry::Registry;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub config: Arc<ServerConfig>,
+    /// The files and fine-tuning jobs API, when the server has a state directory.
+    pub fine_tuning: Option<Arc<FineTuning>>,
     started: Instant,
     created: u64,
 }
@@ -87,10 +90,17 @@ impl Server {
                 registry,
                 metrics: Arc::new(Metrics::default()),
                 config: Arc::new(config),
+                fine_tuning: None,
                 started: Instant::now(),
                 created: unix_now(),
             },
         }
+    }
+
+    /// Serves OpenAI's files and fine-tuning jobs API through `fine_tuning`.
+    pub fn with_fine_tuning(mut self, fine_tuning: Arc<FineTuning>) -> Self {
+        self.state.fine_tuning = Some(fine_tuning);
+        self
     }
 
     /// The shared state (engine, registry, metrics).
@@ -101,14 +111,23 @@ impl Server {
     /// All routes, with the API-key check and the body limit.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
+        let max_upload_bytes = state
+            .fine_tuning
+            .as_ref()
+            .map_or(state.config.max_body_bytes, |f| f.max_upload_bytes());
         Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/models", get(list_models))
+            .route(
+                "/v1/models/{model}",
+                get(retrieve_model).delete(crate::fine_tuning::delete_model),
+            )
             .route("/v1/adapters", get(list_adapters).post(load_adapter))
             .route("/v1/adapters/{name}", delete(unload_adapter))
             .route("/metrics", get(metrics))
             .route("/health", get(health))
+            .merge(FineTuning::routes(max_upload_bytes))
             .fallback(|| async { ApiError::not_found("no such endpoint") })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -125,6 +144,7 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
+        let fine_tuning = self.state.fine_tuning.clone();
         // Stop the engine as soon as the signal comes: running streams then end at once
         // instead of holding the graceful shutdown open until they finish generating.
         let stop_engine = engine.clone();
@@ -136,6 +156,10 @@ impl Server {
             .with_graceful_shutdown(signal)
             .await;
         engine.shutdown();
+        if let Some(fine_tuning) = fine_tuning {
+            // The running job checkpoints after its current step and goes back to the queue.
+            let _ = tokio::task::spawn_blocking(move || fine_tuning.shutdown()).await;
+        }
         result
     }
 }
@@ -168,7 +192,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The body as bytes, or the OpenAI-shaped 400/413.
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.config.max_body_bytes)
@@ -451,10 +478,11 @@ fn stream_response(
     Sse::new(stream).into_response()
 }
 
-async fn list_models(State(state): State<AppState>) -> Json<Value> {
+/// The base and every adapter, as `/v1/models` lists them.
+fn model_cards(state: &AppState) -> Vec<ModelCard> {
     let registry = &state.registry;
     let base = registry.base_id();
-    let mut data = vec![ModelCard {
+    let mut cards = vec![ModelCard {
         id: base.clone(),
         object: "model",
         created: state.created,
@@ -462,7 +490,7 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
         root: registry.base().model.source.display().to_string(),
         parent: None,
     }];
-    data.extend(registry.list().into_iter().map(|adapter| ModelCard {
+    cards.extend(registry.list().into_iter().map(|adapter| ModelCard {
         id: adapter.name,
         object: "model",
         created: adapter.created,
@@ -470,7 +498,23 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
         root: adapter.path,
         parent: Some(base.clone()),
     }));
-    Json(json!({"object": "list", "data": data}))
+    cards
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": model_cards(&state)}))
+}
+
+/// `GET /v1/models/{model}` (the id arrives URL-decoded: `ft:…` names have colons).
+async fn retrieve_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    model_cards(&state)
+        .into_iter()
+        .find(|card| card.id == model)
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&model))
 }
 
 async fn list_adapters(State(state): State<AppState>) -> Json<Value> {

@@ -65,27 +65,79 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-impl Blobs for LocalBlobs {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+/// A blob being written: bytes go to a temp file beside the final one; [`BlobWriter::commit`]
+/// fsyncs and renames it into place, and dropping it uncommitted removes the temp file.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Bytes written so far.
+    pub written: u64,
+}
+
+impl BlobWriter {
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| Error::Io {
+            path: self.path.clone(),
+            cause: std::io::Error::other("blob already committed"),
+        })?;
+        file.write_all(bytes).map_err(io(&self.tmp))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the blob visible under its key, all of it or nothing.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let done = (|| {
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&self.tmp, &self.path)?;
+            File::open(&dir)?.sync_all()
+        })();
+        done.map_err(io(&self.path))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() || self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl LocalBlobs {
+    /// Starts writing the blob `key` (replacing any blob there once committed).
+    pub fn create(&self, key: &str) -> Result<BlobWriter> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            crate::new_id("")
-        ));
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&dir)?.sync_all()
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(io(&path))
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), crate::new_id("")));
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            tmp,
+            path,
+            written: 0,
+        })
+    }
+}
+
+impl Blobs for LocalBlobs {
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.create(key)?;
+        writer.write(bytes)?;
+        writer.commit()
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -108,7 +160,15 @@ mod tests {
 
     #[test]
     fn keys_cannot_leave_the_root() {
-        for bad in ["", "../x", "a/../../b", "/etc/passwd", "a//b", "a/./b", "a b"] {
+        for bad in [
+            "",
+            "../x",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a b",
+        ] {
             assert!(!check_key(bad), "{bad:?} accepted");
         }
         assert!(check_key("files/file-abc_1.jsonl"));

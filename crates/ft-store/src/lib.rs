@@ -26,7 +26,7 @@ use rand::Rng;
 use rusqlite::Connection;
 
 pub use adapters::AdapterVersion;
-pub use blobs::{Blobs, LocalBlobs};
+pub use blobs::{BlobWriter, Blobs, LocalBlobs};
 pub use objects::{JobRow, Page, PageQuery};
 
 /// What can go wrong in the store.

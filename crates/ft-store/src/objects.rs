@@ -81,10 +81,9 @@ impl Store {
         let connection = self.lock();
         let mut statement = connection.prepare(&sql).map_err(|e| self.db_error(e))?;
         let rows: Vec<(String, String)> = statement
-            .query_map(
-                params![value, query.after, (limit + 1) as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_map(params![value, query.after, (limit + 1) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .and_then(|rows| rows.collect())
             .map_err(|e| self.db_error(e))?;
         let has_more = rows.len() > limit;
@@ -110,7 +109,10 @@ impl Store {
     pub fn insert_file(&self, object: &Value, sha256: &str) -> Result<()> {
         let id = object.get("id").and_then(Value::as_str).unwrap_or("");
         let purpose = object.get("purpose").and_then(Value::as_str).unwrap_or("");
-        let created = object.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+        let created = object
+            .get("created_at")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         self.lock()
             .execute(
                 "INSERT INTO files (id, purpose, created_at, sha256, object) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -268,7 +270,10 @@ impl Store {
     /// Appends an event (an `ft-event-…` object) to job `job_id`.
     pub fn add_event(&self, job_id: &str, object: &Value) -> Result<()> {
         let id = object.get("id").and_then(Value::as_str).unwrap_or("");
-        let created = object.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+        let created = object
+            .get("created_at")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         self.lock()
             .execute(
                 "INSERT INTO job_events (id, job_id, created_at, object) VALUES (?1, ?2, ?3, ?4)",
@@ -286,9 +291,18 @@ impl Store {
     /// Records checkpoint `object` of job `job_id` at `step`, its adapter in `dir` (relative
     /// to the state directory). A second record of the same step (a job resumed after a
     /// crash saves it again) replaces the first.
-    pub fn add_checkpoint(&self, job_id: &str, step: usize, dir: &str, object: &Value) -> Result<()> {
+    pub fn add_checkpoint(
+        &self,
+        job_id: &str,
+        step: usize,
+        dir: &str,
+        object: &Value,
+    ) -> Result<()> {
         let id = object.get("id").and_then(Value::as_str).unwrap_or("");
-        let created = object.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+        let created = object
+            .get("created_at")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let connection = self.lock();
         connection
             .execute(

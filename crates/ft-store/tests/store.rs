@@ -30,17 +30,38 @@ fn pages_are_newest_first_and_end() -> Result<()> {
         let file = json!({"id": format!("file-{i}"), "purpose": "fine-tune", "created_at": i});
         store.insert_file(&file, "00")?;
     }
-    let first = store.list_files(None, &PageQuery { after: None, limit: 2 })?;
+    let first = store.list_files(
+        None,
+        &PageQuery {
+            after: None,
+            limit: 2,
+        },
+    )?;
     assert_eq!(ids(&first.items), ["file-4", "file-3"]);
     assert!(first.has_more);
     let after = Some("file-3".to_string());
     let second = store.list_files(Some("fine-tune"), &PageQuery { after, limit: 3 })?;
     assert_eq!(ids(&second.items), ["file-2", "file-1", "file-0"]);
     assert!(!second.has_more);
-    let other = store.list_files(Some("batch"), &PageQuery { after: None, limit: 10 })?;
+    let other = store.list_files(
+        Some("batch"),
+        &PageQuery {
+            after: None,
+            limit: 10,
+        },
+    )?;
     assert!(other.items.is_empty());
     let unknown = Some("file-nope".to_string());
-    assert!(store.list_files(None, &PageQuery { after: unknown, limit: 10 })?.items.is_empty());
+    assert!(store
+        .list_files(
+            None,
+            &PageQuery {
+                after: unknown,
+                limit: 10
+            }
+        )?
+        .items
+        .is_empty());
     assert!(store.delete_file("file-2")?);
     assert!(!store.delete_file("file-2")?);
     assert!(store.file("file-2")?.is_none());
@@ -66,7 +87,9 @@ fn a_retried_body_finds_the_recent_job_only() -> Result<()> {
     })?;
     let found = store.find_retried_job(Some("key-1"), "anything", 0)?;
     assert_eq!(found.map(|j| j["id"].clone()), Some(json!("ftjob-keyed")));
-    assert!(store.find_retried_job(Some("key-2"), "body-b", 0)?.is_none());
+    assert!(store
+        .find_retried_job(Some("key-2"), "body-b", 0)?
+        .is_none());
     Ok(())
 }
 
@@ -76,16 +99,22 @@ fn claims_are_exclusive_until_the_lease_runs_out() -> Result<()> {
     let store = Store::open(dir.path())?;
     job(&store, "ftjob-1", 1, "a")?;
     job(&store, "ftjob-2", 2, "b")?;
-    let first = store.claim_job("w1", 1000, 1060)?.ok_or("nothing claimed")?;
+    let first = store
+        .claim_job("w1", 1000, 1060)?
+        .ok_or("nothing claimed")?;
     assert_eq!(first["id"], "ftjob-1");
     assert_eq!(first["status"], "running");
-    let second = store.claim_job("w2", 1000, 1060)?.ok_or("nothing claimed")?;
+    let second = store
+        .claim_job("w2", 1000, 1060)?
+        .ok_or("nothing claimed")?;
     assert_eq!(second["id"], "ftjob-2");
     assert!(store.claim_job("w3", 1000, 1060)?.is_none());
     assert!(store.renew_lease("ftjob-1", "w1", 1200)?);
     assert!(!store.renew_lease("ftjob-1", "w2", 1200)?);
     // w2 dies: past its lease, another worker takes ftjob-2 over; ftjob-1's renewed lease holds.
-    let taken = store.claim_job("w3", 1100, 1160)?.ok_or("nothing claimed")?;
+    let taken = store
+        .claim_job("w3", 1100, 1160)?
+        .ok_or("nothing claimed")?;
     assert_eq!(taken["id"], "ftjob-2");
     assert!(store.claim_job("w4", 1100, 1160)?.is_none());
     Ok(())
@@ -99,28 +128,51 @@ fn everything_survives_a_reopen() -> Result<()> {
         job(&store, "ftjob-1", 1, "a")?;
         store.add_event("ftjob-1", &json!({"id": "ft-event-1", "created_at": 1}))?;
         let checkpoint = json!({"id": "ftckpt_1", "step_number": 10, "created_at": 1});
-        store.add_checkpoint("ftjob-1", 10, "jobs/ftjob-1/checkpoints/step-10", &checkpoint)?;
+        store.add_checkpoint(
+            "ftjob-1",
+            10,
+            "jobs/ftjob-1/checkpoints/step-10",
+            &checkpoint,
+        )?;
         // The same step saved again after a crash keeps one row and its first id.
         let again = json!({"id": "ftckpt_2", "step_number": 10, "created_at": 2});
         store.add_checkpoint("ftjob-1", 10, "jobs/ftjob-1/checkpoints/step-10", &again)?;
-        assert_eq!(store.add_adapter_version("ft:m::x", "a/1", "h1", "base", None)?, 1);
-        assert_eq!(store.add_adapter_version("ft:m::x", "a/2", "h2", "base", None)?, 2);
+        assert_eq!(
+            store.add_adapter_version("ft:m::x", "a/1", "h1", "base", None)?,
+            1
+        );
+        assert_eq!(
+            store.add_adapter_version("ft:m::x", "a/2", "h2", "base", None)?,
+            2
+        );
     }
     let store = Store::open(dir.path())?;
     assert_eq!(store.schema_version()?, 1);
     assert_eq!(store.job("ftjob-1")?.ok_or("job lost")?["status"], "queued");
-    let events = store.list_events("ftjob-1", &PageQuery { after: None, limit: 10 })?;
+    let events = store.list_events(
+        "ftjob-1",
+        &PageQuery {
+            after: None,
+            limit: 10,
+        },
+    )?;
     assert_eq!(ids(&events.items), ["ft-event-1"]);
     let checkpoints = store.all_checkpoints()?;
     assert_eq!(checkpoints.len(), 1);
     assert_eq!(checkpoints[0].0["id"], "ftckpt_1");
     assert_eq!(checkpoints[0].0["created_at"], 2);
     let versions = store.adapter_versions()?;
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
     assert_eq!(versions[1].content_sha256, "h2");
     assert!(store.delete_adapter("ft:m::x")?);
     assert!(store.adapter_versions()?.is_empty());
     assert!(!store.has_adapter("ft:m::x")?);
-    assert_eq!(store.add_adapter_version("ft:m::x", "a/3", "h3", "base", None)?, 3);
+    assert_eq!(
+        store.add_adapter_version("ft:m::x", "a/3", "h3", "base", None)?,
+        3
+    );
     Ok(())
 }

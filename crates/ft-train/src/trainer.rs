@@ -129,6 +129,12 @@ impl<'m> Trainer<'m> {
         }
     }
 
+    /// Uses `stop` as the stop flag (one the caller made before the trainer existed).
+    pub fn with_stop_flag(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// A flag that, once set (e.g. by a Ctrl-C handler), makes the loop save a checkpoint after
     /// the current step and return.
     pub fn stop_handle(&self) -> Arc<AtomicBool> {

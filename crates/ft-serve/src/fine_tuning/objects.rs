@@ -45,17 +45,33 @@ impl Hyperparameters {
         })
     }
 
+    /// Reads them back from a stored job (all `"auto"` if they do not parse).
+    pub fn from_json(value: &Value) -> Self {
+        Self::parse(Some(value), "hyperparameters").unwrap_or(Self {
+            n_epochs: Setting::Auto,
+            batch_size: Setting::Auto,
+            learning_rate_multiplier: Setting::Auto,
+        })
+    }
+
     fn parse(value: Option<&Value>, param: &str) -> Result<Self, ApiError> {
         let empty = Map::new();
         let fields = match value {
             None | Some(Value::Null) => &empty,
             Some(Value::Object(map)) => map,
-            Some(_) => return Err(ApiError::invalid(param, format!("`{param}` must be an object"))),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("`{param}` must be an object"),
+                ))
+            }
         };
-        if let Some(unknown) = fields
-            .keys()
-            .find(|k| !matches!(k.as_str(), "n_epochs" | "batch_size" | "learning_rate_multiplier"))
-        {
+        if let Some(unknown) = fields.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "n_epochs" | "batch_size" | "learning_rate_multiplier"
+            )
+        }) {
             return Err(ApiError::invalid(
                 &format!("{param}.{unknown}"),
                 format!("unknown hyperparameter `{unknown}` (n_epochs, batch_size, learning_rate_multiplier)"),
@@ -70,7 +86,9 @@ impl Hyperparameters {
                     Some(n) if (1..=max).contains(&n) => Ok(Setting::Value(n)),
                     _ => Err(ApiError::invalid(
                         &field,
-                        format!("`{field}` must be \"auto\" or an integer from 1 to {max}, got {v}"),
+                        format!(
+                            "`{field}` must be \"auto\" or an integer from 1 to {max}, got {v}"
+                        ),
                     )),
                 },
             }
@@ -210,7 +228,13 @@ impl CreateJob {
 }
 
 /// A new job object with every key OpenAI's `FineTuningJob` requires.
-pub fn new_job(id: &str, created_at: i64, request: &CreateJob, organization: &str, seed: i64) -> Value {
+pub fn new_job(
+    id: &str,
+    created_at: i64,
+    request: &CreateJob,
+    organization: &str,
+    seed: i64,
+) -> Value {
     let hyperparameters = request.hyperparameters.to_json();
     json!({
         "object": "fine_tuning.job",
@@ -238,7 +262,12 @@ pub fn new_job(id: &str, created_at: i64, request: &CreateJob, organization: &st
 
 /// `ft:{base}:{org}:{suffix}:{id}`, OpenAI's fine-tuned model name (an empty slot when there
 /// is no suffix); `id` is the job id's random tail, shortened as OpenAI's are.
-pub fn fine_tuned_model_name(base: &str, organization: &str, suffix: Option<&str>, job_id: &str) -> String {
+pub fn fine_tuned_model_name(
+    base: &str,
+    organization: &str,
+    suffix: Option<&str>,
+    job_id: &str,
+) -> String {
     let tail = job_id.strip_prefix("ftjob-").unwrap_or(job_id);
     let short: String = tail.chars().take(8).collect();
     format!("ft:{base}:{organization}:{}:{short}", suffix.unwrap_or(""))
@@ -309,13 +338,20 @@ mod tests {
     #[test]
     fn hyperparameters_come_from_the_top_level_or_the_method() {
         let top = br#"{"model":"m","training_file":"file-1","hyperparameters":{"n_epochs":4}}"#;
-        let job = CreateJob::parse(top).map_err(|e| e.detail.message).unwrap_or_else(|e| panic!("{e}"));
+        let job = CreateJob::parse(top)
+            .map_err(|e| e.detail.message)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(job.hyperparameters.n_epochs, Setting::Value(4));
         assert_eq!(job.hyperparameters.batch_size, Setting::Auto);
         let nested = br#"{"model":"m","training_file":"file-1","method":{"type":"supervised","supervised":{"hyperparameters":{"batch_size":2,"learning_rate_multiplier":0.5}}}}"#;
-        let job = CreateJob::parse(nested).map_err(|e| e.detail.message).unwrap_or_else(|e| panic!("{e}"));
+        let job = CreateJob::parse(nested)
+            .map_err(|e| e.detail.message)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(job.hyperparameters.batch_size, Setting::Value(2));
-        assert_eq!(job.hyperparameters.learning_rate_multiplier, Setting::Value(0.5));
+        assert_eq!(
+            job.hyperparameters.learning_rate_multiplier,
+            Setting::Value(0.5)
+        );
     }
 
     #[test]
@@ -328,7 +364,9 @@ mod tests {
             (br#"{"model":"m","training_file":"f","suffix":"a/b"}"#, "suffix"),
         ];
         for (body, param) in cases {
-            let error = CreateJob::parse(body).err().unwrap_or_else(|| panic!("{param}: accepted"));
+            let error = CreateJob::parse(body)
+                .err()
+                .unwrap_or_else(|| panic!("{param}: accepted"));
             assert_eq!(error.detail.param.as_deref(), Some(param));
         }
     }
@@ -337,7 +375,10 @@ mod tests {
     fn names_and_auto_epochs_follow_openai() {
         let name = fine_tuned_model_name("base", "org", None, "ftjob-abcdefghijkl");
         assert_eq!(name, "ft:base:org::abcdefgh");
-        assert_eq!(checkpoint_model_name(&name, 10), "ft:base:org::abcdefgh:ckpt-step-10");
+        assert_eq!(
+            checkpoint_model_name(&name, 10),
+            "ft:base:org::abcdefgh:ckpt-step-10"
+        );
         assert_eq!(auto_epochs(1), 25);
         assert_eq!(auto_epochs(10), 10);
         assert_eq!(auto_epochs(100), 3);

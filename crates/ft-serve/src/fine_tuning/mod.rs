@@ -1,0 +1,352 @@
+//! Fine-tuning as a service: OpenAI's files and `fine_tuning.jobs` API inside `ft serve`.
+//!
+//! Uploaded files, jobs, their events and checkpoints, and the adapters jobs produce live in
+//! one [`ft_store::Store`] under the state directory, so a restarted server (even after
+//! `kill -9`) has them all and resumes the job that was running from its last checkpoint. Jobs
+//! run one at a time on a training thread of this process ([`runner`]) with kernel threads of
+//! its own (`--train-threads`), so that requests keep the rest of the machine. A job that
+//! succeeds becomes an adapter version in the [`Registry`], served under its
+//! `fine_tuned_model` name at once.
+//!
+//! The life of a job: `validating_files` (the training file read by the same validator as
+//! `ft data validate`) → `queued` → `running` → `succeeded` | `failed` | `cancelled`, and
+//! `paused` between `running` and `queued` again.
+
+mod files;
+mod jobs;
+pub(crate) use jobs::delete_model;
+pub mod objects;
+mod runner;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use axum::Router;
+use ft_store::Store;
+use ft_train::TrainConfig;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::server::AppState;
+
+/// How `ft serve` runs fine-tuning jobs.
+#[derive(Debug, Clone)]
+pub struct FineTuningConfig {
+    /// Where the store, uploaded files, job runs and adapters live.
+    pub state_dir: PathBuf,
+    /// The base model file or directory jobs train on (the one being served).
+    pub base_model_path: PathBuf,
+    /// The recipe every job starts from (LoRA rank, targets, learning rate, ...); a job's
+    /// hyperparameters override epochs, batch size and scale the learning rate.
+    pub recipe: TrainConfig,
+    /// `organization_id` of jobs and the org slot of model names.
+    pub organization: String,
+    /// Largest accepted upload.
+    pub max_upload_bytes: usize,
+    /// Kernel threads of the training thread (1: it trains alone on its own core).
+    pub train_threads: usize,
+}
+
+impl FineTuningConfig {
+    /// The defaults for a state directory and base.
+    pub fn new(state_dir: PathBuf, base_model_path: PathBuf, recipe: TrainConfig) -> Self {
+        Self {
+            state_dir,
+            base_model_path,
+            recipe,
+            organization: "local".to_string(),
+            max_upload_bytes: 512 << 20,
+            train_threads: 1,
+        }
+    }
+}
+
+/// Why the running job was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopRequest {
+    Cancel,
+    Pause,
+    Shutdown,
+}
+
+/// The running job's stop flag (the trainer's) and what set it.
+#[derive(Debug, Default)]
+struct Controls {
+    running: Option<(String, Arc<AtomicBool>, Option<StopRequest>)>,
+    stopping: bool,
+    /// Bumped by [`FineTuning::notify`], so that a wake-up between the runner's look at the
+    /// queue and its wait is not lost.
+    wakeups: u64,
+}
+
+/// The fine-tuning service of one server.
+#[derive(Debug)]
+pub struct FineTuning {
+    store: Store,
+    registry: Arc<Registry>,
+    config: FineTuningConfig,
+    base_id: String,
+    /// Who holds leases on jobs: this process.
+    owner: String,
+    /// Serializes every read-modify-write of a job object (routes, validation, runner).
+    jobs_lock: Mutex<()>,
+    controls: Mutex<Controls>,
+    wake: Condvar,
+    runner: Mutex<Option<JoinHandle<()>>>,
+    /// Held (locked) while the server runs: one server per state directory.
+    _state_lock: File,
+}
+
+/// The store's failures are the server's.
+fn store_error(error: ft_store::Error) -> ApiError {
+    ApiError::internal(error.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a field write or one store call: a panic elsewhere
+    // cannot leave them half-done.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FineTuning {
+    /// Opens the store in `config.state_dir`, recovers what a previous run left (a running
+    /// job goes back to the queue, adapters and checkpoints are served again) and starts the
+    /// training thread.
+    pub fn start(config: FineTuningConfig, registry: Arc<Registry>) -> Result<Arc<Self>, String> {
+        let store = Store::open(&config.state_dir).map_err(|e| e.to_string())?;
+        let lock_path = config.state_dir.join("serve.lock");
+        let state_lock =
+            File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        state_lock.try_lock().map_err(|_| {
+            format!(
+                "{}: another `ft serve` uses this state directory; give each server its own --state-dir",
+                config.state_dir.display()
+            )
+        })?;
+        let service = Arc::new(Self {
+            store,
+            base_id: registry.base_id(),
+            registry,
+            config,
+            owner: format!("ft-serve-{}-{}", std::process::id(), ft_store::new_id("")),
+            jobs_lock: Mutex::new(()),
+            controls: Mutex::new(Controls::default()),
+            wake: Condvar::new(),
+            runner: Mutex::new(None),
+            _state_lock: state_lock,
+        });
+        service.recover().map_err(|e| e.to_string())?;
+        let worker = service.clone();
+        let handle = std::thread::Builder::new()
+            .name("ft-train".to_string())
+            .spawn(move || runner::run(&worker))
+            .map_err(|e| format!("cannot start the training thread: {e}"))?;
+        *lock(&service.runner) = Some(handle);
+        Ok(service)
+    }
+
+    /// Largest accepted upload.
+    pub fn max_upload_bytes(&self) -> usize {
+        self.config.max_upload_bytes
+    }
+
+    /// The store (files, jobs, events, checkpoints, adapter versions).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The id of the base jobs train (`model` of a create request).
+    pub fn base_id(&self) -> &str {
+        &self.base_id
+    }
+
+    fn recover(&self) -> Result<(), ft_store::Error> {
+        for job in self.store.jobs_with_status("running")? {
+            let id = job["id"].as_str().unwrap_or_default().to_string();
+            let mut job = job;
+            job["status"] = "queued".into();
+            self.store.update_job(&job)?;
+            self.store.release_lease(&id)?;
+            self.event(
+                &id,
+                "warn",
+                "The server restarted while the job ran; it resumes from its last checkpoint",
+                None,
+            );
+        }
+        for job in self.store.jobs_with_status("validating_files")? {
+            if let Some(id) = job["id"].as_str() {
+                jobs::validate(self, id);
+            }
+        }
+        let versions = self.store.adapter_versions()?;
+        // Newest version per name (the list is by name, then version).
+        let mut newest: HashMap<&str, &ft_store::AdapterVersion> = HashMap::new();
+        for version in &versions {
+            newest.insert(version.name.as_str(), version);
+        }
+        for version in newest.values() {
+            if version.base != self.base_id {
+                tracing::warn!(
+                    adapter = %version.name,
+                    base = %version.base,
+                    "not serving an adapter trained on another base"
+                );
+                continue;
+            }
+            let dir = self.resolve_dir(&version.dir);
+            if let Err(e) = self
+                .registry
+                .register(&version.name, &dir, u64::from(version.version))
+            {
+                tracing::warn!(adapter = %version.name, "cannot serve it again: {e}");
+            }
+        }
+        for (checkpoint, dir) in self.store.all_checkpoints()? {
+            let Some(name) = checkpoint["fine_tuned_model_checkpoint"].as_str() else {
+                continue;
+            };
+            let job_live = checkpoint["fine_tuning_job_id"]
+                .as_str()
+                .and_then(|id| self.store.job(id).ok().flatten())
+                .is_some();
+            if job_live && !self.registry.list().iter().any(|a| a.name == name) {
+                let _ = self.registry.register(name, &self.resolve_dir(&dir), 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory recorded relative to the state directory (or absolute).
+    fn resolve_dir(&self, dir: &str) -> PathBuf {
+        self.config.state_dir.join(dir)
+    }
+
+    /// Appends an event to job `id`; a store failure is logged, not fatal to the job.
+    fn event(&self, id: &str, level: &str, message: &str, data: Option<Value>) {
+        let event = objects::event(id, level, message, data);
+        if let Err(e) = self.store.add_event(id, &event) {
+            tracing::error!(job = id, "cannot record an event: {e}");
+        }
+    }
+
+    /// Reads job `id`, lets `change` edit it, and stores it, as one step against every other
+    /// writer of jobs in this process.
+    fn update_job<T>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Value) -> Result<T, ApiError>,
+    ) -> Result<(T, Value), ApiError> {
+        let _guard = lock(&self.jobs_lock);
+        let mut job = self
+            .store
+            .job(id)
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::not_found(format!("no fine-tuning job `{id}`")))?;
+        let result = change(&mut job)?;
+        self.store.update_job(&job).map_err(store_error)?;
+        Ok((result, job))
+    }
+
+    /// Wakes the training thread (a job was queued).
+    fn notify(&self) {
+        let mut controls = lock(&self.controls);
+        controls.wakeups += 1;
+        self.wake.notify_all();
+    }
+
+    /// Asks the running job `id` to stop after its current step; false when it is not the
+    /// running one.
+    fn request_stop(&self, id: &str, request: StopRequest) -> bool {
+        let mut controls = lock(&self.controls);
+        match &mut controls.running {
+            Some((running, stop, why)) if running == id => {
+                *why = Some(request);
+                stop.store(true, Ordering::SeqCst);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Withdraws a pause of job `id` that has not taken effect yet.
+    fn withdraw_pause(&self, id: &str) -> bool {
+        let mut controls = lock(&self.controls);
+        match &mut controls.running {
+            Some((running, stop, why)) if running == id && *why == Some(StopRequest::Pause) => {
+                *why = None;
+                stop.store(false, Ordering::SeqCst);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops the training thread: the running job saves a checkpoint after its current step
+    /// and goes back to the queue, to resume when a server starts on this state directory.
+    pub fn shutdown(&self) {
+        {
+            let mut controls = lock(&self.controls);
+            controls.stopping = true;
+            if let Some((_, stop, why)) = &mut controls.running {
+                *why = Some(StopRequest::Shutdown);
+                stop.store(true, Ordering::SeqCst);
+            }
+            self.wake.notify_all();
+        }
+        if let Some(handle) = lock(&self.runner).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// The API's routes (files, jobs, checkpoints, fine-tuned models).
+    pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
+        files::routes(max_upload_bytes).merge(jobs::routes())
+    }
+}
+
+/// The service behind a request, or the 404 that says how to turn it on.
+fn service(state: &AppState) -> Result<Arc<FineTuning>, ApiError> {
+    state.fine_tuning.clone().ok_or_else(|| {
+        ApiError::not_found(
+            "fine-tuning is off on this server: start `ft serve` with --state-dir DIR",
+        )
+    })
+}
+
+/// `after` and `limit` of a list request.
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    purpose: Option<String>,
+}
+
+impl ListQuery {
+    fn page(&self, default_limit: usize) -> Result<ft_store::PageQuery, ApiError> {
+        let limit = self.limit.unwrap_or(default_limit);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("`limit` must be from 1 to 10000, got {limit}"),
+            ));
+        }
+        Ok(ft_store::PageQuery {
+            after: self.after.clone(),
+            limit,
+        })
+    }
+}
+
+/// Path of a directory relative to the state directory, as the store records it.
+fn relative_to(root: &Path, dir: &Path) -> String {
+    dir.strip_prefix(root)
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .into_owned()
+}
