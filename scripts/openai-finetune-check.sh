@@ -27,6 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+max_upload=1048576
 api_key="ft-check-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 # Line 2 has no assistant answer: the job must fail naming it.
 {
@@ -36,12 +37,12 @@ api_key="ft-check-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 
 serve() { # STATE_DIR LOG
   start_ft_serve "$2" --model "$MODEL" --api-key "$api_key" --state-dir "$1" \
-    --job-config datasets/seed-demo.toml --train-threads 2
+    --job-config datasets/seed-demo.toml --train-threads 2 --max-upload-bytes "$max_upload"
 }
-check() { # MODE
+check() { # MODE IDS_FILE
   "$OPENAI_PYTHON" scripts/serve/openai_finetune_check.py "$1" --base-url "$FT_SERVE_URL/v1" \
     --api-key "$api_key" --base-model "$BASE" --data "$DATA" --bad-data "$tmp/bad.jsonl" \
-    --out "$tmp/$1.json"
+    --max-upload-bytes "$max_upload" --out "$tmp/$2.json"
 }
 show_log() {
   echo "--- ft serve log ($1) ---" >&2
@@ -50,17 +51,17 @@ show_log() {
 
 echo "== the pipeline (state in $tmp/a)"
 serve "$tmp/a" "$tmp/a.log"
-check main || { show_log "$tmp/a.log"; exit 1; }
+check main main || { show_log "$tmp/a.log"; exit 1; }
 stop_ft_serve
 
 echo "== kill -9 while a job runs (state in $tmp/b)"
 serve "$tmp/b" "$tmp/b1.log"
-check start || { show_log "$tmp/b1.log"; exit 1; }
+check start start || { show_log "$tmp/b1.log"; exit 1; }
 kill -KILL "$FT_SERVE_PID"
 wait "$FT_SERVE_PID" 2>/dev/null || true
 FT_SERVE_PID=""
 serve "$tmp/b" "$tmp/b2.log"
-check finish || { show_log "$tmp/b2.log"; exit 1; }
+check finish start || { show_log "$tmp/b2.log"; exit 1; }
 stop_ft_serve
 
 echo "== interrupted jobs end with the uninterrupted job's bytes"

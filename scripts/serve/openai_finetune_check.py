@@ -4,8 +4,8 @@ against a live `ft serve --state-dir ...` (driven by scripts/openai-finetune-che
 Modes:
   main     upload -> create job -> poll -> chat with job.fine_tuned_model (the trained sentence);
            events and checkpoints auto-page; a bad file fails with the code and line; cancel
-           mid-run; pause/resume; a retried create returns the same job; a wrong key is 401;
-           deleting the model. Writes {"uninterrupted": job id, "paused": job id} to --out.
+           mid-run; pause/resume; a retried create returns the same job; a wrong key is 401; an
+           oversized upload is 413; deleting the model. Writes {"uninterrupted": job id, "paused": job id} to --out.
   start    uploads the data and creates the job, waits until it has a checkpoint and still
            runs, writes {"job": id, "file": id} to --out (the caller then kills the server).
   finish   after a restart: the file, job and events are still there, the job finishes,
@@ -35,6 +35,7 @@ parser.add_argument("--api-key", required=True)
 parser.add_argument("--base-model", required=True, help="the base model's id")
 parser.add_argument("--data", required=True, help="the seed demo's JSONL")
 parser.add_argument("--bad-data", help="a JSONL whose line 2 is invalid")
+parser.add_argument("--max-upload-bytes", type=int, required=True, help="the server's cap")
 parser.add_argument("--epochs", type=int, default=30)
 parser.add_argument("--out", required=True, help="JSON file of job ids for the caller")
 args = parser.parse_args()
@@ -134,6 +135,16 @@ def main():
         assert f.id in [x.id for x in client.files.list(purpose="fine-tune")]
         return f"{f.id}, {f.bytes} bytes, content round-trips"
 
+    @check("an upload over --max-upload-bytes is refused with 413")
+    def _():
+        try:
+            client.files.create(file=("big.jsonl", b"x" * (args.max_upload_bytes + 1)), purpose="fine-tune")
+        except openai.APIStatusError as e:
+            assert e.status_code == 413, e
+        else:
+            raise AssertionError("the oversized upload was stored")
+        return f"{args.max_upload_bytes + 1} bytes refused"
+
     @check("jobs.create -> succeeded, and the model answers with the trained sentence")
     def _():
         job = create(state["file"].id, suffix="demo")
@@ -192,7 +203,11 @@ def main():
     @check("a bad training file fails the job with invalid_training_file and the line")
     def _():
         bad = upload(args.bad_data)
-        job = wait(create(bad.id).id)
+        # The same Idempotency-Key names the same job, even when the retried body differs.
+        key = {"Idempotency-Key": f"check-{time.time_ns()}"}
+        first = create(bad.id, extra_headers=key)
+        assert create(bad.id, suffix="other", extra_headers=key).id == first.id
+        job = wait(first.id)
         assert job.status == "failed", job
         assert job.error.code == "invalid_training_file" and job.error.param == "training_file", job.error
         assert "line 2" in job.error.message, job.error.message
@@ -255,6 +270,7 @@ def start():
 
 
 def finish():
+    # `start` wrote the ids before the kill; `finish` reads them from the same file.
     with open(args.out) as f:
         ids = json.load(f)
 
