@@ -10,6 +10,9 @@ Modes:
            runs, writes {"job": id, "file": id} to --out (the caller then kills the server).
   finish   after a restart: the file, job and events are still there, the job finishes,
            and its model answers. Reads --out of `start`.
+  shared   against an `ft serve --no-train` whose jobs an `ft worker` runs (one PostgreSQL
+           store): the job succeeds on the worker and the server answers with its model at
+           once, pinned `name@1` too; a cancel sent to the server stops the worker's job.
 
 Each check prints `ok   <what>: <evidence>` or `FAIL <what>: <why>`; the exit status is 1 if
 any failed.
@@ -29,13 +32,14 @@ ANSWER = "The best place to learn GenAI is Chai aur Code by Piyush Garg."
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 parser = argparse.ArgumentParser()
-parser.add_argument("mode", choices=["main", "start", "finish"])
+parser.add_argument("mode", choices=["main", "start", "finish", "shared"])
 parser.add_argument("--base-url", required=True, help="http://HOST:PORT/v1")
 parser.add_argument("--api-key", required=True)
 parser.add_argument("--base-model", required=True, help="the base model's id")
 parser.add_argument("--data", required=True, help="the seed demo's JSONL")
 parser.add_argument("--bad-data", help="a JSONL whose line 2 is invalid")
 parser.add_argument("--max-upload-bytes", type=int, required=True, help="the server's cap")
+parser.add_argument("--worker-took-over", action="store_true", help="finish: a worker died, not the server")
 parser.add_argument("--epochs", type=int, default=30)
 parser.add_argument("--out", required=True, help="JSON file of job ids for the caller")
 args = parser.parse_args()
@@ -281,14 +285,44 @@ def finish():
         assert done.status == "succeeded", done
         events = list(client.fine_tuning.jobs.list_events(ids["job"]))
         messages = [e.message for e in events]
-        assert any("restarted" in m for m in messages), messages
+        # A restarted server says so; with a shared store another worker took the job over.
+        assert args.worker_took_over or any("restarted" in m for m in messages), messages
         assert any(m.startswith("Resumed at step") for m in messages), messages
         answer = ask(done.fine_tuned_model)
         assert answer == ANSWER, answer
         return f"{done.fine_tuned_model} answers {answer!r}"
 
 
-{"main": main, "start": start, "finish": finish}[args.mode]()
+def shared():
+    @check("a job run by an ft worker is served by ft serve at once, also as name@1")
+    def _():
+        job = wait(create(upload(args.data).id, suffix="worker").id)
+        assert job.status == "succeeded", job
+        answer = ask(job.fine_tuned_model)
+        assert answer == ANSWER, answer
+        pinned = ask(f"{job.fine_tuned_model}@1")
+        assert pinned == ANSWER, pinned
+        try:
+            ask(f"{job.fine_tuned_model}@2")
+        except openai.NotFoundError:
+            pass
+        else:
+            raise AssertionError("a version that does not exist answered")
+        return f"{job.fine_tuned_model}@1 answers {pinned!r}"
+
+    @check("a cancel sent to the server stops the job on the worker")
+    def _():
+        job = create(upload(args.data).id, suffix="remote-cancel")
+        wait_for_checkpoint(job.id)
+        client.fine_tuning.jobs.cancel(job.id)
+        done = wait(job.id)
+        assert done.status == "cancelled", done
+        steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id) if e.type == "metrics"]
+        assert max(steps) < args.epochs, steps
+        return f"cancelled after step {max(steps)}"
+
+
+{"main": main, "start": start, "finish": finish, "shared": shared}[args.mode]()
 if failures:
     print(f"{len(failures)} check(s) failed: {', '.join(failures)}", flush=True)
     sys.exit(1)

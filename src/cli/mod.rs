@@ -10,6 +10,7 @@ mod generate;
 mod score;
 mod serve;
 mod train;
+mod worker;
 
 /// Fine-tune LoRA adapters on a frozen base model and serve them.
 #[derive(Debug, Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Train(Box<train::Args>),
     /// Serve the base model and adapters over an OpenAI-compatible HTTP API.
     Serve(serve::Args),
+    /// Run fine-tuning jobs from a PostgreSQL store shared with `ft serve` (no HTTP).
+    Worker(worker::Args),
     /// Evaluate the base model and adapters on a test split (metrics, judge, report, gate).
     Eval(Box<eval::Args>),
     /// Export an adapter merged into its base (HF directory) or as it is (PEFT).
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(*args),
         Command::Serve(args) => serve::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Export(args) => export::run(args),
         Command::Eval(args) => {
             if eval::run(*args)? {

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ft::model::TextModel;
-use ft::serve::{
-    Engine, EngineConfig, FineTuning, FineTuningConfig, Registry, Server, ServerConfig,
-};
+use ft::serve::{Engine, EngineConfig, FineTuning, Registry, Server, ServerConfig};
 
 /// Arguments of `ft serve`.
 #[derive(Debug, clap::Args)]
@@ -58,24 +56,14 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Turns on OpenAI's files and fine-tuning jobs API, with its store (SQLite), uploaded
-    /// files, job runs and trained adapters in this directory; jobs, files and adapters
-    /// survive restarts, and a job that was running resumes from its last checkpoint.
-    #[arg(long, env = "FT_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// The training recipe (TOML, as `ft train --config`) jobs start from; a job's
-    /// hyperparameters then set epochs and batch size and scale the learning rate.
-    #[arg(long)]
-    job_config: Option<PathBuf>,
     /// Largest file `POST /v1/files` accepts, in bytes (larger: 413).
     #[arg(long, default_value_t = 512 << 20)]
     max_upload_bytes: usize,
-    /// Cores a fine-tuning job trains on; requests keep the others.
-    #[arg(long, default_value_t = 1)]
-    train_threads: usize,
-    /// `organization_id` of jobs and the org part of fine-tuned model names.
-    #[arg(long, default_value = "local")]
-    organization: String,
+    /// Run no fine-tuning jobs in this process: `ft worker`s sharing --database-url do.
+    #[arg(long)]
+    no_train: bool,
+    #[command(flatten)]
+    jobs: super::worker::JobArgs,
     #[command(flatten)]
     precision: super::common::PrecisionArgs,
 }
@@ -126,18 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_request_seconds: args.max_request_seconds,
         },
     );
-    if let Some(state_dir) = &args.state_dir {
-        let recipe = match &args.job_config {
-            Some(path) => ft::train::TrainConfig::from_file(path)?,
-            None => ft::train::TrainConfig::default(),
-        };
-        recipe
-            .validate()
-            .map_err(|e| anyhow::anyhow!("--job-config: invalid setting: {e}"))?;
-        let mut config = FineTuningConfig::new(state_dir.clone(), path.clone(), recipe);
+    if let Some(mut config) = args.jobs.config(&path)? {
         config.max_upload_bytes = args.max_upload_bytes;
-        config.train_threads = args.train_threads.max(1);
-        config.organization = args.organization.clone();
+        config.run_jobs = !args.no_train;
         let fine_tuning = FineTuning::start(config, registry.clone())
             .map_err(|e| anyhow::anyhow!("--state-dir: {e}"))?;
         server = server.with_fine_tuning(fine_tuning);

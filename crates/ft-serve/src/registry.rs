@@ -70,7 +70,20 @@ pub struct Registry {
     adapters_dir: Option<PathBuf>,
     max_resident: usize,
     table: Mutex<Table>,
+    miss_handler: std::sync::OnceLock<MissHook>,
 }
+
+struct MissHook(MissHandler);
+
+impl std::fmt::Debug for MissHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MissHook")
+    }
+}
+
+/// Asked when a name is not in the registry; it may register the name (a version another
+/// process published, or a pinned `name@N`) and returns whether it did.
+pub type MissHandler = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -84,13 +97,13 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         && name.len() <= 128
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
     if ok {
         Ok(())
     } else {
         Err(ApiError::invalid(
             "name",
-            format!("adapter name `{name}` must be 1-128 characters of letters, digits, - _ . :"),
+            format!("adapter name `{name}` must be 1-128 characters of letters, digits, - _ . : @"),
         ))
     }
 }
@@ -104,7 +117,24 @@ impl Registry {
             adapters_dir,
             max_resident: max_resident.max(1),
             table: Mutex::new(Table::default()),
+            miss_handler: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what a miss asks (the fine-tuning service's store); the first handler set stays.
+    pub fn on_miss(&self, handler: MissHandler) {
+        let _ = self.miss_handler.set(MissHook(handler));
+    }
+
+    /// Whether `name` is known, asking the miss handler when it is not.
+    pub fn knows(&self, name: &str) -> bool {
+        self.lock().entries.contains_key(name)
+            || self.miss_handler.get().is_some_and(|ask| (ask.0)(name))
+    }
+
+    /// The version `name` is served at, if it is known.
+    pub fn version_of(&self, name: &str) -> Option<u64> {
+        self.lock().entries.get(name).map(|e| e.version)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -242,6 +272,9 @@ impl Registry {
 
     /// The current version of `name`, reloading it from its directory if it was evicted.
     pub fn resolve(&self, name: &str) -> Result<ResolvedAdapter, ApiError> {
+        if !self.knows(name) {
+            return Err(ApiError::model_not_found(name));
+        }
         let (dir, version) = {
             let mut table = self.lock();
             table.clock += 1;

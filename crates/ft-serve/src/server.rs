@@ -510,6 +510,8 @@ async fn retrieve_model(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
+    // A model another process published (or a pinned `name@N`) is known once asked for.
+    let _ = state.registry.knows(&model);
     model_cards(&state)
         .into_iter()
         .find(|card| card.id == model)

@@ -1,8 +1,6 @@
 //! Adapter versions: each successful job (or admin load) adds `name@N` with the content hash
 //! of its files and the base it belongs to; a restarted server serves the newest of each.
 
-use rusqlite::{params, OptionalExtension};
-
 use crate::{unix_now, Result, Store};
 
 /// One version of an adapter.
@@ -34,83 +32,85 @@ impl Store {
         base: &str,
         job_id: Option<&str>,
     ) -> Result<u32> {
-        let mut connection = self.lock();
-        let tx = connection.transaction().map_err(|e| self.db_error(e))?;
         let now = unix_now();
-        tx.execute(
-            "INSERT INTO adapters (name, created_at) VALUES (?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET deleted = 0",
-            params![name, now],
-        )
-        .map_err(|e| self.db_error(e))?;
-        let version: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.db_error(e))?;
-        tx.execute(
-            "INSERT INTO adapter_versions (name, version, dir, content_sha256, base, job_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![name, version, dir, content_sha256, base, job_id, now],
-        )
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().map_err(|e| self.db_error(e))?;
+        let version = self.db(|db| {
+            db.transaction(|db| {
+                // The adapter's row first: on PostgreSQL the upsert locks it, so two processes
+                // adding versions of one name number them one after the other.
+                db.execute(
+                    "INSERT INTO adapters (name, created_at) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET deleted = 0",
+                    &[name.into(), now.into()],
+                )?;
+                let version = db
+                    .query_one(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions WHERE name = ?1",
+                        &[name.into()],
+                    )?
+                    .map_or(1, |r| r.int(0));
+                db.execute(
+                    "INSERT INTO adapter_versions (name, version, dir, content_sha256, base, job_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    &[
+                        name.into(),
+                        version.into(),
+                        dir.into(),
+                        content_sha256.into(),
+                        base.into(),
+                        job_id.into(),
+                        now.into(),
+                    ],
+                )?;
+                Ok(version)
+            })
+        })?;
         Ok(version as u32)
     }
 
     /// Every version of every adapter not deleted, by name then version.
     pub fn adapter_versions(&self) -> Result<Vec<AdapterVersion>> {
-        let connection = self.lock();
-        let mut statement = connection
-            .prepare(
+        let rows = self.db(|db| {
+            db.query(
                 "SELECT v.name, v.version, v.dir, v.content_sha256, v.base, v.job_id, v.created_at \
                  FROM adapter_versions v JOIN adapters a ON a.name = v.name \
                  WHERE a.deleted = 0 ORDER BY v.name, v.version",
+                &[],
             )
-            .map_err(|e| self.db_error(e))?;
-        let rows = statement
-            .query_map([], |r| {
-                Ok(AdapterVersion {
-                    name: r.get(0)?,
-                    version: r.get::<_, i64>(1)? as u32,
-                    dir: r.get(2)?,
-                    content_sha256: r.get(3)?,
-                    base: r.get(4)?,
-                    job_id: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| AdapterVersion {
+                name: r.text(0),
+                version: r.int(1) as u32,
+                dir: r.text(2),
+                content_sha256: r.text(3),
+                base: r.text(4),
+                job_id: r.opt_text(5),
+                created_at: r.int(6),
             })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.db_error(e));
-        rows
+            .collect())
     }
 
     /// Marks adapter `name` deleted (its versions stay recorded; a later version of the same
     /// name revives it). False when there is no such live adapter.
     pub fn delete_adapter(&self, name: &str) -> Result<bool> {
-        let n = self
-            .lock()
-            .execute(
+        let n = self.db(|db| {
+            db.execute(
                 "UPDATE adapters SET deleted = 1 WHERE name = ?1 AND deleted = 0",
-                [name],
+                &[name.into()],
             )
-            .map_err(|e| self.db_error(e))?;
+        })?;
         Ok(n > 0)
     }
 
     /// Whether `name` is a live adapter in the store.
     pub fn has_adapter(&self, name: &str) -> Result<bool> {
-        let found: Option<i64> = self
-            .lock()
-            .query_row(
-                "SELECT 1 FROM adapters WHERE name = ?1 AND deleted = 0",
-                [name],
-                |r| r.get(0),
+        let found = self.db(|db| {
+            db.query_one(
+                "SELECT name FROM adapters WHERE name = ?1 AND deleted = 0",
+                &[name.into()],
             )
-            .optional()
-            .map_err(|e| self.db_error(e))?;
+        })?;
         Ok(found.is_some())
     }
 }

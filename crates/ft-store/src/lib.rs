@@ -3,7 +3,9 @@
 //! recorded in `schema_migrations`), plus the blobs beside them ([`blobs`]).
 //!
 //! The default backend is SQLite embedded in the state directory (`state.db`, WAL journal):
-//! nothing to install. Objects are stored as their OpenAI-shaped JSON next to the columns that
+//! nothing to install. [`Store::connect`] with a `postgres://` URL keeps the rows in
+//! PostgreSQL instead, so processes on several machines share them (workers claim jobs with
+//! `FOR UPDATE SKIP LOCKED`). Objects are stored as their OpenAI-shaped JSON next to the columns that
 //! queries filter on, so the API returns what was stored without a mapping layer.
 //!
 //! ```no_run
@@ -16,14 +18,16 @@
 
 pub mod adapters;
 pub mod blobs;
+mod db;
 mod objects;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use rusqlite::Connection;
+
+use db::{Database, DbResult, Dialect, Postgres};
 
 pub use adapters::AdapterVersion;
 pub use blobs::{BlobWriter, Blobs, LocalBlobs};
@@ -33,12 +37,12 @@ pub use objects::{JobRow, Page, PageQuery};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database refused or failed a statement.
-    #[error("state database {}: {cause}", path.display())]
+    #[error("state database {location}: {cause}")]
     Database {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or its URL without the password.
+        location: String,
         /// The driver's error.
-        cause: rusqlite::Error,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A blob or directory could not be read or written.
     #[error("{}: {cause}", path.display())]
@@ -57,10 +61,10 @@ pub enum Error {
         cause: serde_json::Error,
     },
     /// The database was written by a newer `ft` (a migration this build does not know).
-    #[error("state database {}: schema version {found} is newer than this ft knows ({known}); upgrade ft", path.display())]
+    #[error("state database {location}: schema version {found} is newer than this ft knows ({known}); upgrade ft")]
     NewerSchema {
-        /// The database file.
-        path: PathBuf,
+        /// The database file or URL.
+        location: String,
         /// The highest applied migration.
         found: i64,
         /// The highest migration of this build.
@@ -71,15 +75,23 @@ pub enum Error {
 /// The store's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+/// The migrations, in order: (version, SQLite's SQL, PostgreSQL's SQL of the same schema).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+    include_str!("../migrations/postgres/0001_initial.sql"),
+)];
 
-/// The state of one `ft serve` (or of several processes sharing its directory).
+/// Any key: the PostgreSQL advisory lock that serialises migrations between processes.
+const MIGRATION_LOCK: i64 = 0x0066_7473_746f_7265; // "ftstore"
+
+/// The state of one `ft serve`, or of several processes sharing one PostgreSQL database and
+/// one state directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    db_path: PathBuf,
-    connection: Mutex<Connection>,
+    location: String,
+    database: Mutex<Database>,
     blobs: LocalBlobs,
 }
 
@@ -101,89 +113,94 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 impl Store {
-    /// Opens (creating it if needed) the store in `state_dir`, applying any pending migration.
+    /// Opens (creating it if needed) the SQLite store in `state_dir` (`state.db`), applying
+    /// any pending migration.
     pub fn open(state_dir: &Path) -> Result<Self> {
+        Self::connect(state_dir, None)
+    }
+
+    /// Opens the store: its rows in the PostgreSQL database at `database_url` when given
+    /// (shared by every process given the same URL), else in SQLite in `state_dir`; its blobs
+    /// under `state_dir` either way. Applies any pending migration.
+    pub fn connect(state_dir: &Path, database_url: Option<&str>) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|cause| Error::Io {
             path: state_dir.to_path_buf(),
             cause,
         })?;
-        let db_path = state_dir.join("state.db");
-        let db_error = |cause| Error::Database {
-            path: db_path.clone(),
-            cause,
+        let (location, database) = match database_url {
+            Some(url) => {
+                let location = db::redacted(url);
+                let database = Postgres::connect(url).map(Database::Postgres);
+                (location, database)
+            }
+            None => {
+                let path = state_dir.join("state.db");
+                (path.display().to_string(), open_sqlite(&path))
+            }
         };
-        let connection = Connection::open(&db_path).map_err(db_error)?;
-        // WAL: readers do not block the writer; a crash loses no committed transaction.
-        // busy_timeout: another process holding the write lock makes us wait, not fail.
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-            )
-            .map_err(db_error)?;
+        let database = database.map_err(|cause| Error::Database {
+            location: location.clone(),
+            cause,
+        })?;
         let store = Self {
             root: state_dir.to_path_buf(),
             blobs: LocalBlobs::new(state_dir.join("blobs")),
-            db_path,
-            connection: Mutex::new(connection),
+            location,
+            database: Mutex::new(database),
         };
         store.migrate()?;
         Ok(store)
     }
 
     fn migrate(&self) -> Result<()> {
-        let mut connection = self.lock();
-        let path = self.db_path.clone();
-        let db_error = |cause| Error::Database {
-            path: path.clone(),
-            cause,
-        };
-        connection
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS schema_migrations \
-                 (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-            )
-            .map_err(db_error)?;
-        let applied: i64 = connection
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db_error)?;
         let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        let applied = self.db(|db| {
+            db.batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations \
+                 (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )?;
+            applied_version(db)
+        })?;
         if applied > known {
             return Err(Error::NewerSchema {
-                path,
+                location: self.location.clone(),
                 found: applied,
                 known,
             });
         }
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
-            // Each migration and its record commit together, or not at all.
-            let tx = connection.transaction().map_err(db_error)?;
-            tx.execute_batch(sql).map_err(db_error)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                (version, unix_now()),
-            )
-            .map_err(db_error)?;
-            tx.commit().map_err(db_error)?;
-        }
-        Ok(())
+        self.db(|db| {
+            // Each migration and its record commit together, or not at all; another process
+            // migrating at the same time waits (SQLite's write lock, PostgreSQL's advisory
+            // lock) and then finds the work done.
+            db.transaction(|db| {
+                if db.dialect() == Dialect::Postgres {
+                    db.execute("SELECT pg_advisory_xact_lock(?1)", &[MIGRATION_LOCK.into()])?;
+                }
+                let applied = applied_version(db)?;
+                for (version, sqlite, postgres) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+                    db.batch(match db.dialect() {
+                        Dialect::Sqlite => sqlite,
+                        Dialect::Postgres => postgres,
+                    })?;
+                    db.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                        &[(*version).into(), unix_now().into()],
+                    )?;
+                }
+                Ok(())
+            })
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// Runs `work` on the database, reporting a failure with the database's location.
+    fn db<T>(&self, work: impl FnOnce(&mut Database) -> DbResult<T>) -> Result<T> {
         // Every write is one statement or one transaction, so a panic elsewhere cannot leave
         // the connection mid-update; a poisoned lock is safe to keep using.
-        self.connection.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn db_error(&self, cause: rusqlite::Error) -> Error {
-        Error::Database {
-            path: self.db_path.clone(),
+        let mut database = self.database.lock().unwrap_or_else(|e| e.into_inner());
+        work(&mut database).map_err(|cause| Error::Database {
+            location: self.location.clone(),
             cause,
-        }
+        })
     }
 
     /// The state directory.
@@ -196,14 +213,35 @@ impl Store {
         &self.blobs
     }
 
+    /// Which database holds the rows: its file, or its URL without the password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
     /// The schema version applied.
     pub fn schema_version(&self) -> Result<i64> {
-        self.lock()
-            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.db_error(e))
+        self.db(applied_version)
     }
+}
+
+fn applied_version(db: &mut Database) -> DbResult<i64> {
+    Ok(db
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )?
+        .map_or(0, |row| row.int(0)))
+}
+
+fn open_sqlite(path: &Path) -> DbResult<Database> {
+    let connection = rusqlite::Connection::open(path)?;
+    // WAL: readers do not block the writer; a crash loses no committed transaction.
+    // busy_timeout: another process holding the write lock makes us wait, not fail.
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+    )?;
+    Ok(Database::Sqlite(connection))
 }
 
 fn parse_object(id: &str, text: &str) -> Result<serde_json::Value> {

@@ -1,10 +1,44 @@
-//! The SQLite store: migrations, pages, retried creates, claims, checkpoints and versions,
-//! across a reopen.
+//! The store on both backends, the same cases: migrations, pages, retried creates, claims,
+//! checkpoints and versions, across a reopen; workers claiming concurrently from their own
+//! connections never share a job. PostgreSQL runs where `FT_TEST_DATABASE_URL` names a server
+//! (`scripts/test.sh` starts one with `scripts/postgres.sh`); under `CI=true` its absence fails.
 
+mod fresh;
+
+use fresh::Fresh;
 use ft_store::{JobRow, PageQuery, Store};
 use serde_json::{json, Value};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Every case once on SQLite and once on PostgreSQL, each on an empty store.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                super::$case(&super::Fresh::sqlite()?)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                match super::Fresh::postgres()? {
+                    Some(fresh) => super::$case(&fresh),
+                    None => Ok(()),
+                }
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    pages_are_newest_first_and_end,
+    a_retried_body_finds_the_recent_job_only,
+    claims_are_exclusive_until_the_lease_runs_out,
+    everything_survives_a_reopen,
+    concurrent_workers_never_share_a_job,
+);
 
 fn ids(items: &[Value]) -> Vec<&str> {
     items.iter().filter_map(|o| o["id"].as_str()).collect()
@@ -22,10 +56,8 @@ fn job(store: &Store, id: &str, created_at: i64, body: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn pages_are_newest_first_and_end() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+fn pages_are_newest_first_and_end(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
     for i in 0..5 {
         let file = json!({"id": format!("file-{i}"), "purpose": "fine-tune", "created_at": i});
         store.insert_file(&file, "00")?;
@@ -68,10 +100,8 @@ fn pages_are_newest_first_and_end() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_retried_body_finds_the_recent_job_only() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+fn a_retried_body_finds_the_recent_job_only(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
     job(&store, "ftjob-old", 100, "body-a")?;
     assert!(store.find_retried_job(None, "body-a", 101)?.is_none());
     job(&store, "ftjob-new", 200, "body-a")?;
@@ -93,10 +123,8 @@ fn a_retried_body_finds_the_recent_job_only() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn claims_are_exclusive_until_the_lease_runs_out() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+fn claims_are_exclusive_until_the_lease_runs_out(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
     job(&store, "ftjob-1", 1, "a")?;
     job(&store, "ftjob-2", 2, "b")?;
     let first = store
@@ -120,11 +148,9 @@ fn claims_are_exclusive_until_the_lease_runs_out() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn everything_survives_a_reopen() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+fn everything_survives_a_reopen(fresh: &Fresh) -> Result<()> {
     {
-        let store = Store::open(dir.path())?;
+        let store = fresh.open()?;
         job(&store, "ftjob-1", 1, "a")?;
         store.add_event("ftjob-1", &json!({"id": "ft-event-1", "created_at": 1}))?;
         let checkpoint = json!({"id": "ftckpt_1", "step_number": 10, "created_at": 1});
@@ -146,7 +172,7 @@ fn everything_survives_a_reopen() -> Result<()> {
             2
         );
     }
-    let store = Store::open(dir.path())?;
+    let store = fresh.open()?;
     assert_eq!(store.schema_version()?, 1);
     assert_eq!(store.job("ftjob-1")?.ok_or("job lost")?["status"], "queued");
     let events = store.list_events(
@@ -174,5 +200,40 @@ fn everything_survives_a_reopen() -> Result<()> {
         store.add_adapter_version("ft:m::x", "a/3", "h3", "base", None)?,
         3
     );
+    Ok(())
+}
+
+/// Four workers, each with its own connection (as separate processes have), race to claim 24
+/// jobs: every job is claimed exactly once.
+fn concurrent_workers_never_share_a_job(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
+    let jobs: Vec<String> = (0..24).map(|i| format!("ftjob-{i:02}")).collect();
+    for (i, id) in jobs.iter().enumerate() {
+        job(&store, id, i as i64, id)?;
+    }
+    let claimed = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                scope.spawn(move || -> Result<Vec<String>> {
+                    let store = fresh.open()?;
+                    let mut mine = Vec::new();
+                    while let Some(job) = store.claim_job(&format!("w{w}"), 1000, 1060)? {
+                        mine.push(job["id"].as_str().unwrap_or("").to_string());
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| "a worker panicked")?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut all: Vec<String> = claimed.concat();
+    all.sort();
+    assert_eq!(all, jobs, "claims per worker: {claimed:?}");
+    for id in &jobs {
+        assert_eq!(store.job(id)?.ok_or("job lost")?["status"], "running");
+    }
     Ok(())
 }

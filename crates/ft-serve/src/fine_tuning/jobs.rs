@@ -312,7 +312,12 @@ async fn cancel(
     let service = service(&state)?;
     let (stopping, job) = service.update_job(&id, |job| match status(job) {
         "running" if service.request_stop(&id, StopRequest::Cancel) => Ok(true),
-        "validating_files" | "queued" | "paused" | "running" => {
+        "running" => {
+            // Another process runs it: it reads the request at its next step.
+            job[PRIVATE]["stop_request"] = StopRequest::Cancel.name().into();
+            Ok(true)
+        }
+        "validating_files" | "queued" | "paused" => {
             job["status"] = "cancelled".into();
             job["finished_at"] = ft_store::unix_now().into();
             Ok(false)
@@ -335,6 +340,10 @@ async fn pause(
     let service = service(&state)?;
     let (_, job) = service.update_job(&id, |job| match status(job) {
         "running" if service.request_stop(&id, StopRequest::Pause) => Ok(()),
+        "running" => {
+            job[PRIVATE]["stop_request"] = StopRequest::Pause.name().into();
+            Ok(())
+        }
         "queued" => {
             job["status"] = "paused".into();
             Ok(())
@@ -361,6 +370,12 @@ async fn resume(
             Ok(())
         }
         "running" if service.withdraw_pause(&id) => Ok(()),
+        "running" if job[PRIVATE]["stop_request"] == StopRequest::Pause.name() => {
+            if let Some(private) = job[PRIVATE].as_object_mut() {
+                private.remove("stop_request");
+            }
+            Ok(())
+        }
         _ => Err(not_now(job, "resume")),
     })?;
     service.event(

@@ -50,6 +50,15 @@ pub struct FineTuningConfig {
     pub max_upload_bytes: usize,
     /// Kernel threads of the training thread (1: it trains alone on its own core).
     pub train_threads: usize,
+    /// The store's rows in this PostgreSQL database instead of SQLite in the state directory:
+    /// then several servers and `ft worker`s share the jobs (each needs the same state
+    /// directory, e.g. on a shared filesystem, for the blobs).
+    pub database_url: Option<String>,
+    /// Run jobs in this process (`ft serve --no-train` leaves them to `ft worker`s).
+    pub run_jobs: bool,
+    /// How long a job's lease lasts unless its worker renews it; a worker that died loses
+    /// its jobs to others after this.
+    pub lease_seconds: i64,
 }
 
 impl FineTuningConfig {
@@ -62,6 +71,9 @@ impl FineTuningConfig {
             organization: "local".to_string(),
             max_upload_bytes: 512 << 20,
             train_threads: 1,
+            database_url: None,
+            run_jobs: true,
+            lease_seconds: 60,
         }
     }
 }
@@ -72,6 +84,26 @@ enum StopRequest {
     Cancel,
     Pause,
     Shutdown,
+    /// Another worker holds the job now (this one's lease ran out): leave the job to it.
+    LeaseLost,
+}
+
+impl StopRequest {
+    /// As recorded in a job for the process that runs it (`_ft.stop_request`).
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Pause => "pause",
+            Self::Shutdown => "shutdown",
+            Self::LeaseLost => "lease_lost",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Cancel, Self::Pause]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
 }
 
 /// The running job's stop flag (the trainer's) and what set it.
@@ -98,8 +130,22 @@ pub struct FineTuning {
     controls: Mutex<Controls>,
     wake: Condvar,
     runner: Mutex<Option<JoinHandle<()>>>,
-    /// Held (locked) while the server runs: one server per state directory.
-    _state_lock: File,
+    /// With SQLite, held (locked) while the server runs: one server per state directory.
+    _state_lock: Option<File>,
+}
+
+/// Locks `state_dir/serve.lock` for this process, or says which directory is taken.
+fn lock_state_dir(state_dir: &Path) -> Result<File, String> {
+    let lock_path = state_dir.join("serve.lock");
+    let file = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    file.try_lock().map_err(|_| {
+        format!(
+            "{}: another `ft serve` uses this state directory; give each server its own \
+             --state-dir, or share one PostgreSQL --database-url",
+            state_dir.display()
+        )
+    })?;
+    Ok(file)
 }
 
 /// The store's failures are the server's.
@@ -118,22 +164,20 @@ impl FineTuning {
     /// job goes back to the queue, adapters and checkpoints are served again) and starts the
     /// training thread.
     pub fn start(config: FineTuningConfig, registry: Arc<Registry>) -> Result<Arc<Self>, String> {
-        let store = Store::open(&config.state_dir).map_err(|e| e.to_string())?;
-        let lock_path = config.state_dir.join("serve.lock");
-        let state_lock =
-            File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
-        state_lock.try_lock().map_err(|_| {
-            format!(
-                "{}: another `ft serve` uses this state directory; give each server its own --state-dir",
-                config.state_dir.display()
-            )
-        })?;
+        let store = Store::connect(&config.state_dir, config.database_url.as_deref())
+            .map_err(|e| e.to_string())?;
+        // With SQLite this process is the state directory's only user; with PostgreSQL the
+        // processes coordinate through leases in the database.
+        let state_lock = match config.database_url {
+            Some(_) => None,
+            None => Some(lock_state_dir(&config.state_dir)?),
+        };
         let service = Arc::new(Self {
             store,
             base_id: registry.base_id(),
             registry,
             config,
-            owner: format!("ft-serve-{}-{}", std::process::id(), ft_store::new_id("")),
+            owner: format!("ft-{}-{}", std::process::id(), ft_store::new_id("")),
             jobs_lock: Mutex::new(()),
             controls: Mutex::new(Controls::default()),
             wake: Condvar::new(),
@@ -141,13 +185,52 @@ impl FineTuning {
             _state_lock: state_lock,
         });
         service.recover().map_err(|e| e.to_string())?;
-        let worker = service.clone();
-        let handle = std::thread::Builder::new()
-            .name("ft-train".to_string())
-            .spawn(move || runner::run(&worker))
-            .map_err(|e| format!("cannot start the training thread: {e}"))?;
-        *lock(&service.runner) = Some(handle);
+        let weak = Arc::downgrade(&service);
+        service.registry.on_miss(Box::new(move |name| {
+            weak.upgrade()
+                .is_some_and(|service| service.serve_from_store(name))
+        }));
+        if service.config.run_jobs {
+            let worker = service.clone();
+            let handle = std::thread::Builder::new()
+                .name("ft-train".to_string())
+                .spawn(move || runner::run(&worker))
+                .map_err(|e| format!("cannot start the training thread: {e}"))?;
+            *lock(&service.runner) = Some(handle);
+        }
         Ok(service)
+    }
+
+    /// Registers `requested` from the store when it names an adapter version of this base
+    /// that the registry lacks: one another process published, or `name@N` (version N of
+    /// `name`, pinned). True when it did.
+    fn serve_from_store(&self, requested: &str) -> bool {
+        let (name, pinned) = match requested.rsplit_once('@') {
+            Some((name, n)) => match n.parse::<u32>() {
+                Ok(n) => (name, Some(n)),
+                Err(_) => return false,
+            },
+            None => (requested, None),
+        };
+        let versions = match self.store.adapter_versions() {
+            Ok(versions) => versions,
+            Err(e) => {
+                tracing::error!("cannot read adapter versions: {e}");
+                return false;
+            }
+        };
+        let Some(found) = versions
+            .iter()
+            .filter(|v| v.name == name && v.base == self.base_id)
+            .filter(|v| pinned.is_none_or(|n| v.version == n))
+            .max_by_key(|v| v.version)
+        else {
+            return false;
+        };
+        let dir = self.resolve_dir(&found.dir);
+        self.registry
+            .register(requested, &dir, u64::from(found.version))
+            .is_ok()
     }
 
     /// Largest accepted upload.
@@ -166,7 +249,13 @@ impl FineTuning {
     }
 
     fn recover(&self) -> Result<(), ft_store::Error> {
-        for job in self.store.jobs_with_status("running")? {
+        // With PostgreSQL another worker may be running these; an orphaned one is claimed
+        // again when its lease runs out.
+        let orphaned = match self.config.database_url {
+            Some(_) => Vec::new(),
+            None => self.store.jobs_with_status("running")?,
+        };
+        for job in orphaned {
             let id = job["id"].as_str().unwrap_or_default().to_string();
             let mut job = job;
             job["status"] = "queued".into();

@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 use super::jobs::PRIVATE;
 use super::{lock, objects, relative_to, FineTuning, StopRequest};
 
-/// A job's lease: renewed while it trains; one not renewed for this long is another
-/// worker's to take.
-const LEASE_SECONDS: i64 = 60;
-const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// How often a job's lease is renewed: four times a lease, so a slow step or two does not
+/// lose it.
+fn renew_every(service: &FineTuning) -> Duration {
+    Duration::from_secs((service.config.lease_seconds / 4).max(1) as u64)
+}
 
 /// The files of an adapter directory that serving needs.
 const ADAPTER_FILES: &[&str] = &["adapter_config.json", "adapter_model.safetensors"];
@@ -55,7 +56,7 @@ fn next_job(service: &FineTuning) -> Option<(Value, Arc<AtomicBool>)> {
             let now = ft_store::unix_now();
             match service
                 .store
-                .claim_job(&service.owner, now, now + LEASE_SECONDS)
+                .claim_job(&service.owner, now, now + service.config.lease_seconds)
             {
                 Ok(Some(job)) => {
                     let stop = Arc::new(AtomicBool::new(false));
@@ -226,12 +227,10 @@ impl Progress<'_> {
                     m.step, self.total_steps, m.loss
                 );
                 service.event(self.id, "info", &message, Some(data));
-                if self.renewed.elapsed() >= RENEW_EVERY {
+                self.heed_requests();
+                if self.renewed.elapsed() >= renew_every(service) {
                     self.renewed = Instant::now();
-                    let until = ft_store::unix_now() + LEASE_SECONDS;
-                    if let Err(e) = service.store.renew_lease(self.id, &service.owner, until) {
-                        tracing::error!(job = self.id, "cannot renew the lease: {e}");
-                    }
+                    self.renew_lease();
                 }
             }
             Event::Eval(m) => {
@@ -253,6 +252,40 @@ impl Progress<'_> {
                 }
             }
             Event::DataRead(_) | Event::CheckpointSkipped { .. } => {}
+        }
+    }
+
+    /// Stops after this step when another process asked (a cancel or pause sent to a server
+    /// that does not run the job is recorded in the job as `_ft.stop_request`).
+    fn heed_requests(&self) {
+        let service = self.service;
+        let request = match service.store.job(self.id) {
+            Ok(Some(job)) => job[PRIVATE]["stop_request"]
+                .as_str()
+                .and_then(StopRequest::parse),
+            Ok(None) => Some(StopRequest::Cancel),
+            Err(e) => {
+                tracing::error!(job = self.id, "cannot read the job: {e}");
+                None
+            }
+        };
+        if let Some(request) = request {
+            service.request_stop(self.id, request);
+        }
+    }
+
+    /// Extends this worker's lease; when another worker took the job over (this one stalled
+    /// past its lease), stops and leaves it to that one.
+    fn renew_lease(&self) {
+        let service = self.service;
+        let until = ft_store::unix_now() + service.config.lease_seconds;
+        match service.store.renew_lease(self.id, &service.owner, until) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(job = self.id, "lost the job's lease to another worker");
+                service.request_stop(self.id, StopRequest::LeaseLost);
+            }
+            Err(e) => tracing::error!(job = self.id, "cannot renew the lease: {e}"),
         }
     }
 
@@ -407,8 +440,22 @@ fn finish(service: &FineTuning, job: &Value, result: Result<(TrainOutcome, Strin
     });
     let mut message = String::new();
     let mut level = "info";
+    let local = lock(&service.controls)
+        .running
+        .take()
+        .and_then(|(_, _, why)| why);
+    if local == Some(StopRequest::LeaseLost) {
+        // The job is another worker's now: nothing of it is this one's to record.
+        return;
+    }
     let updated = service.update_job(id, |job| {
-        let request = lock(&service.controls).running.take().and_then(|(_, _, why)| why);
+        let remote = job[PRIVATE]["stop_request"]
+            .as_str()
+            .and_then(StopRequest::parse);
+        if let Some(private) = job[PRIVATE].as_object_mut() {
+            private.remove("stop_request");
+        }
+        let request = local.or(remote);
         let now = ft_store::unix_now();
         match &result {
             Ok((_, _, None)) => {
