@@ -220,10 +220,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Event::Step(m) => {
-            let line = format!(
+            let mut line = format!(
                 "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s",
                 m.loss, m.lr, m.grad_norm, m.tokens_per_sec
             );
+            if let Some(accuracy) = m.token_accuracy {
+                line.push_str(&format!(" token_acc {accuracy:.3}"));
+            }
             match &bar {
                 Some(b) => {
                     b.set_message(line);

@@ -44,7 +44,7 @@ pub mod threads;
 
 pub use frozen_linear::{frozen_linear, set_naive_frozen_linear};
 pub use host::hand_over_output;
-pub use lm_head_loss::{lm_head_nll, lm_head_nll_quantized};
+pub use lm_head_loss::{lm_head_nll, lm_head_nll_quantized, LmHeadLoss};
 pub use loss::masked_cross_entropy;
 pub use norm::{rms_norm, rms_norm_backward, rms_norm_composed};
 pub use rope::{rope, rope_backward, rope_composed, RopeTables};

@@ -17,7 +17,18 @@ use crate::host::{fused_backward_applies, with_f32};
 /// Tokens whose logits are materialised at once: 128 × 49k × 4 bytes = 25 MB.
 const CHUNK_TOKENS: usize = 128;
 
-/// Per-token NLL `(n)` of `targets` under the logits `hidden·weightᵀ`.
+/// The loss of the label tokens, and how many of them the head predicts.
+#[derive(Debug, Clone)]
+pub struct LmHeadLoss {
+    /// Per-token NLL `(n)` (differentiable).
+    pub nll: Tensor,
+    /// Tokens whose target is the argmax of their logits (the first maximum): the numerator
+    /// of TRL's `mean_token_accuracy`.
+    pub correct: usize,
+}
+
+/// Per-token NLL `(n)` of `targets` under the logits `hidden·weightᵀ`, and how many targets
+/// are the logits' argmax.
 ///
 /// With a gradient on the CPU, the fused op above; otherwise (inference, another device,
 /// [`crate::backward_path::with_composed`]) the frozen linear and
@@ -25,7 +36,7 @@ const CHUNK_TOKENS: usize = 128;
 ///
 /// # Shapes
 /// `hidden: (n, hidden)`, `weight: (vocab, hidden)` frozen, `targets: n` ids → `(n)`.
-pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
+pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<LmHeadLoss> {
     fused_or_composed(
         hidden,
         weight.dim(0)?,
@@ -49,7 +60,7 @@ pub fn lm_head_nll_quantized(
     hidden: &Tensor,
     weight: &std::sync::Arc<crate::quant::QuantMatrix>,
     targets: &[u32],
-) -> Result<Tensor> {
+) -> Result<LmHeadLoss> {
     fused_or_composed(
         hidden,
         weight.rows(),
@@ -69,7 +80,7 @@ fn fused_or_composed(
     logits_of: impl Fn(&Tensor) -> Result<Tensor>,
     d_hidden_of: impl Fn(&Tensor) -> Result<Tensor>,
     head: impl Fn(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+) -> Result<LmHeadLoss> {
     let (n, _) = hidden.dims2()?;
     if targets.len() != n {
         candle_core::bail!("lm-head loss: {n} hidden states, {} targets", targets.len());
@@ -79,12 +90,20 @@ fn fused_or_composed(
     }
     if !fused_backward_applies(hidden) || crate::backward_path::composed() {
         let logits = head(hidden)?;
+        let predicted: Vec<u32> = logits.detach().argmax(1)?.to_vec1()?;
+        let correct = predicted
+            .iter()
+            .zip(targets)
+            .filter(|(p, t)| p == t)
+            .count();
         let targets = Tensor::from_slice(targets, n, hidden.device())?;
         let ones = Tensor::ones(n, DType::F32, hidden.device())?;
-        return Ok(crate::masked_cross_entropy(&logits, &targets, &ones)?.1);
+        let nll = crate::masked_cross_entropy(&logits, &targets, &ones)?.1;
+        return Ok(LmHeadLoss { nll, correct });
     }
     let frozen = hidden.detach().contiguous()?;
     let mut nll = Vec::with_capacity(n);
+    let mut correct = 0;
     let mut d_hidden = Vec::new();
     for start in (0..n).step_by(CHUNK_TOKENS) {
         let len = CHUNK_TOKENS.min(n - start);
@@ -93,7 +112,8 @@ fn fused_or_composed(
         let chunk_targets = &targets[start..start + len];
         let (chunk_nll, d_logits) = softmax_minus_onehot(&logits, chunk_targets, vocab)?;
         drop(logits);
-        nll.extend(chunk_nll);
+        correct += chunk_nll.iter().filter(|(_, hit)| *hit).count();
+        nll.extend(chunk_nll.into_iter().map(|(value, _)| value));
         let d_logits = Tensor::from_vec(d_logits, (len, vocab), hidden.device())?;
         d_hidden.push(d_hidden_of(&d_logits)?);
     }
@@ -101,15 +121,20 @@ fn fused_or_composed(
         nll: Mutex::new(Some(nll)),
         d_hidden: Tensor::cat(&d_hidden, 0)?,
     };
-    hidden.contiguous()?.apply_op1(op)
+    let nll = hidden.contiguous()?.apply_op1(op)?;
+    Ok(LmHeadLoss { nll, correct })
 }
 
-/// Per row of `logits`: its NLL of `targets[row]`, and `softmax(row) − onehot(target)`.
+/// A token's NLL and whether its target is the argmax of its logits.
+type TokenLoss = (f32, bool);
+
+/// Per row of `logits`: its NLL of `targets[row]` and whether the target is the row's argmax
+/// (its first maximum), and `softmax(row) − onehot(target)`.
 fn softmax_minus_onehot(
     logits: &Tensor,
     targets: &[u32],
     vocab: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<(Vec<TokenLoss>, Vec<f32>)> {
     with_f32(logits, "lm-head loss", |logits| {
         let mut grad = vec![0f32; logits.len()];
         let nll = grad
@@ -117,7 +142,19 @@ fn softmax_minus_onehot(
             .zip(logits.par_chunks(vocab))
             .zip(targets.par_iter())
             .map(|((grad, row), &target)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (argmax, max) =
+                    row.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |(i, m), (j, &l)| {
+                                if l > m {
+                                    (j, l)
+                                } else {
+                                    (i, m)
+                                }
+                            },
+                        );
                 let mut sum = 0f64;
                 for (g, &l) in grad.iter_mut().zip(row) {
                     let e = (l - max).exp();
@@ -130,7 +167,10 @@ fn softmax_minus_onehot(
                     *g *= inv;
                 }
                 grad[target as usize] -= 1.0;
-                max + log_sum - row[target as usize]
+                (
+                    max + log_sum - row[target as usize],
+                    argmax == target as usize,
+                )
             })
             .collect();
         Ok((nll, grad))
@@ -177,11 +217,15 @@ mod tests {
         let (n, hidden, vocab) = (CHUNK_TOKENS + 37, 48, 1003);
         let h = Var::randn(0f32, 1., (n, hidden), &device)?;
         let w = Tensor::randn(0f32, 0.5, (vocab, hidden), &device)?;
-        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % vocab) as u32).collect();
+        let targets = some_predicted_targets(&h.as_tensor().matmul(&w.t()?)?)?;
         let upstream = Tensor::randn(0f32, 1., n, &device)?;
         let fused = lm_head_nll(h.as_tensor(), &w, &targets)?;
         let composed =
             crate::backward_path::with_composed(|| lm_head_nll(h.as_tensor(), &w, &targets))?;
+        let expected = reference_correct(&h.as_tensor().matmul(&w.t()?)?, &targets)?;
+        assert!(expected > 0 && expected < n, "{expected} of {n}");
+        assert_eq!((fused.correct, composed.correct), (expected, expected));
+        let (fused, composed) = (fused.nll, composed.nll);
         assert_close(&fused, &composed, 1e-5)?;
         let g_fused = grad_of(&fused, &upstream, h.as_tensor())?;
         let g_composed = grad_of(&composed, &upstream, h.as_tensor())?;
@@ -198,18 +242,60 @@ mod tests {
         let q = candle_core::quantized::QTensor::quantize(&dense, QuantType::Q4_0.to_ggml())?;
         let bytes = q.data()?.to_vec();
         let w = std::sync::Arc::new(QuantMatrix::new(QuantType::Q4_0, vocab, hidden, bytes)?);
-        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % vocab) as u32).collect();
+        let dequantized = Tensor::from_vec(w.dequantize(), (vocab, hidden), &device)?;
+        let logits = h.as_tensor().matmul(&dequantized.t()?)?;
+        let targets = some_predicted_targets(&logits)?;
         let upstream = Tensor::randn(0f32, 1., n, &device)?;
         let fused = lm_head_nll_quantized(h.as_tensor(), &w, &targets)?;
         // The composed path on the same (dequantized) weights, dense.
-        let dequantized = Tensor::from_vec(w.dequantize(), (vocab, hidden), &device)?;
         let composed = crate::backward_path::with_composed(|| {
             lm_head_nll(h.as_tensor(), &dequantized, &targets)
         })?;
+        let expected = reference_correct(&logits, &targets)?;
+        assert!(expected > 0 && expected < n, "{expected} of {n}");
+        assert_eq!((fused.correct, composed.correct), (expected, expected));
+        let (fused, composed) = (fused.nll, composed.nll);
         assert_close(&fused, &composed, 1e-5)?;
         let g_fused = grad_of(&fused, &upstream, h.as_tensor())?;
         let g_composed = grad_of(&composed, &upstream, h.as_tensor())?;
         assert_close(&g_fused, &g_composed, 1e-5)
+    }
+
+    /// Every third token's target is its logits' argmax (found by a plain loop), the others
+    /// spread over the vocabulary: some hits, some misses.
+    fn some_predicted_targets(logits: &Tensor) -> Result<Vec<u32>> {
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                if i % 3 == 0 {
+                    first_max(row) as u32
+                } else {
+                    ((i * 7919) % row.len()) as u32
+                }
+            })
+            .collect())
+    }
+
+    fn first_max(row: &[f32]) -> usize {
+        let mut best = 0;
+        for (j, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = j;
+            }
+        }
+        best
+    }
+
+    /// Targets that are their row's first maximum, counted by plain loops.
+    fn reference_correct(logits: &Tensor, targets: &[u32]) -> Result<usize> {
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        Ok(rows
+            .iter()
+            .zip(targets)
+            .filter(|(row, &t)| first_max(row) == t as usize)
+            .count())
     }
 
     #[test]

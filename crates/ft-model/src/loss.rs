@@ -20,6 +20,8 @@ pub struct BatchLoss {
     pub per_token: Tensor,
     /// Number of label tokens.
     pub num_labels: usize,
+    /// Label tokens the model predicts (their logits' argmax), for the token accuracy.
+    pub correct: usize,
 }
 
 /// NLL over the batch's label tokens: position `t` predicts token `t + 1` where
@@ -67,11 +69,12 @@ pub fn causal_lm_loss(
         .index_select(&index, 0)?
         .to_vec1()?;
     let predicting = predicting.index_select(&index, 0)?; // (labels, hidden)
-    let nll = match model.lm_head() {
+    let head = match model.lm_head() {
         // The LM head and the cross-entropy in one op: no (labels, vocab) buffer kept.
         Weight::Dense(w) => ft_kernels::lm_head_nll(&predicting, w, &targets)?,
         Weight::Quantized(w) => ft_kernels::lm_head_nll_quantized(&predicting, w, &targets)?,
     };
+    let (nll, correct) = (head.nll, head.correct);
     let sum = nll.sum_all()?;
     let mean = (&sum / num_labels as f64)?;
     let mut per_token = vec![0f32; rows * (width - 1)];
@@ -83,6 +86,7 @@ pub fn causal_lm_loss(
         mean,
         per_token: Tensor::from_vec(per_token, (rows, width - 1), device)?,
         num_labels,
+        correct,
     })
 }
 

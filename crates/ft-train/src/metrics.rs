@@ -23,6 +23,10 @@ pub struct StepMetrics {
     pub tokens_per_sec: f64,
     /// Seconds since training (or this resumed run) started.
     pub elapsed_s: f64,
+    /// Share of the step's label tokens the model predicted (argmax) before the update: TRL's
+    /// `mean_token_accuracy`. Absent in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_accuracy: Option<f64>,
 }
 
 /// One evaluation, as written to `metrics.jsonl`.
@@ -202,6 +206,7 @@ mod tests {
                 grad_norm: 0.5,
                 tokens_per_sec: 10.0,
                 elapsed_s: 1.0,
+                token_accuracy: Some(0.5),
             };
             append(&path, &MetricsRow::Step(row))?;
         }

@@ -367,9 +367,11 @@ impl<'m> Trainer<'m> {
             let tokens: usize = group.iter().map(Batch::num_tokens).sum();
             let mut grads: HashMap<String, Tensor> = HashMap::new();
             let mut loss_sum = 0f64;
+            let mut correct = 0usize;
             for (micro, batch) in group.iter().enumerate() {
                 adapter.set_dropout_seed(Some(dropout_seed(self.config.seed, step, micro)));
                 let loss = causal_lm_loss(&self.model.model.transformer, batch, Some(&adapter))?;
+                correct += loss.correct;
                 // Token-weighted over the whole accumulation group, as HF's num_items_in_batch.
                 let scaled = (loss.sum / labels.max(1) as f64)?;
                 loss_sum += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -407,6 +409,7 @@ impl<'m> Trainer<'m> {
                 grad_norm,
                 tokens_per_sec: tokens as f64 / step_started.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: started.elapsed().as_secs_f64(),
+                token_accuracy: Some(correct as f64 / labels.max(1) as f64),
             };
             metrics::append(&metrics_path, &MetricsRow::Step(row.clone()))?;
             on_event(Event::Step(&row));

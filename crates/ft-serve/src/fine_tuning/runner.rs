@@ -175,6 +175,7 @@ fn train(
         model_name: &model_name,
         total_steps: 0,
         last_loss: None,
+        last_accuracy: None,
         last_eval: None,
         renewed: Instant::now(),
     };
@@ -199,6 +200,7 @@ struct Progress<'a> {
     model_name: &'a str,
     total_steps: usize,
     last_loss: Option<(usize, f64)>,
+    last_accuracy: Option<f64>,
     last_eval: Option<(usize, f64)>,
     renewed: Instant,
 }
@@ -221,7 +223,11 @@ impl Progress<'_> {
             }
             Event::Step(m) => {
                 self.last_loss = Some((m.step, m.loss));
-                let data = json!({"step": m.step, "train_loss": m.loss, "total_steps": self.total_steps, "learning_rate": m.lr});
+                self.last_accuracy = m.token_accuracy;
+                let data = json!({
+                    "step": m.step, "train_loss": m.loss, "train_mean_token_accuracy": m.token_accuracy,
+                    "total_steps": self.total_steps, "learning_rate": m.lr,
+                });
                 let message = format!(
                     "Step {}/{}: training loss={:.4}",
                     m.step, self.total_steps, m.loss
@@ -300,7 +306,7 @@ impl Progress<'_> {
             .join("checkpoints")
             .join(format!("step-{step}"));
         copy_adapter(dir, &served)?;
-        let mut metrics = json!({"step": step, "train_loss": loss});
+        let mut metrics = json!({"step": step, "train_loss": loss, "train_mean_token_accuracy": self.last_accuracy});
         if let Some((eval_step, valid)) = self.last_eval {
             if eval_step == step {
                 metrics["valid_loss"] = valid.into();
@@ -363,18 +369,24 @@ fn content_sha256(dir: &Path) -> Result<String, String> {
 /// The per-step metrics as OpenAI's results file (CSV).
 fn results_csv(out: &Path) -> String {
     let rows = ft_train::metrics::read(&out.join("metrics.jsonl"));
-    let mut csv = String::from("step,train_loss,valid_loss,learning_rate\n");
+    let valid: std::collections::HashMap<usize, f64> = rows
+        .iter()
+        .filter_map(|r| match r {
+            MetricsRow::Eval(e) => Some((e.step, e.eval_loss)),
+            MetricsRow::Step(_) => None,
+        })
+        .collect();
+    // OpenAI's step_metrics.csv columns, and the learning rate.
+    let mut csv = String::from("step,train_loss,train_accuracy,valid_loss,learning_rate\n");
+    let cell = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for row in &rows {
         if let MetricsRow::Step(m) = row {
-            let valid = rows.iter().find_map(|r| match r {
-                MetricsRow::Eval(e) if e.step == m.step => Some(e.eval_loss.to_string()),
-                _ => None,
-            });
             csv.push_str(&format!(
-                "{},{},{},{}\n",
+                "{},{},{},{},{}\n",
                 m.step,
                 m.loss,
-                valid.unwrap_or_default(),
+                cell(m.token_accuracy),
+                cell(valid.get(&m.step).copied()),
                 m.lr
             ));
         }
