@@ -30,7 +30,7 @@ fn the_openai_sdk_fine_tunes_and_serves_through_ft() -> anyhow::Result<()> {
     for expected in [
         "ok   jobs.create -> succeeded, and the model answers with the trained sentence",
         "ok   after kill -9",
-        "ok   a job run by an ft worker is served by ft serve at once, also as name@1",
+        "ok   a job run by an ft worker is served by ft serve at once, also as name@1 and its checkpoints",
         "ok   a cancel sent to the server stops the job on the worker",
         "ok   the paused, the killed and the taken-over jobs' adapters are the uninterrupted one's bytes",
     ] {

@@ -301,7 +301,7 @@ def finish():
 
 
 def shared():
-    @check("a job run by an ft worker is served by ft serve at once, also as name@1")
+    @check("a job run by an ft worker is served by ft serve at once, also as name@1 and its checkpoints")
     def _():
         job = wait(create(upload(args.data).id, suffix="worker").id)
         assert job.status == "succeeded", job
@@ -309,6 +309,8 @@ def shared():
         assert answer == ANSWER, answer
         pinned = ask(f"{job.fine_tuned_model}@1")
         assert pinned == ANSWER, pinned
+        checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[-1]
+        ask(checkpoint.fine_tuned_model_checkpoint)  # the worker's checkpoint, served here
         try:
             ask(f"{job.fine_tuned_model}@2")
         except openai.NotFoundError:

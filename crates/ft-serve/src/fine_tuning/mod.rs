@@ -205,6 +205,9 @@ impl FineTuning {
     /// that the registry lacks: one another process published, or `name@N` (version N of
     /// `name`, pinned). True when it did.
     fn serve_from_store(&self, requested: &str) -> bool {
+        if requested.contains(":ckpt-step-") {
+            return self.serve_checkpoint_from_store(requested);
+        }
         let (name, pinned) = match requested.rsplit_once('@') {
             Some((name, n)) => match n.parse::<u32>() {
                 Ok(n) => (name, Some(n)),
@@ -246,6 +249,25 @@ impl FineTuning {
     /// The id of the base jobs train (`model` of a create request).
     pub fn base_id(&self) -> &str {
         &self.base_id
+    }
+
+    /// Registers checkpoint `name` (`…:ckpt-step-N`) that another process recorded.
+    fn serve_checkpoint_from_store(&self, name: &str) -> bool {
+        let checkpoints = match self.store.all_checkpoints() {
+            Ok(checkpoints) => checkpoints,
+            Err(e) => {
+                tracing::error!("cannot read checkpoints: {e}");
+                return false;
+            }
+        };
+        checkpoints
+            .iter()
+            .find(|(c, _)| c["fine_tuned_model_checkpoint"] == name)
+            .is_some_and(|(_, dir)| {
+                self.registry
+                    .register(name, &self.resolve_dir(dir), 1)
+                    .is_ok()
+            })
     }
 
     fn recover(&self) -> Result<(), ft_store::Error> {
