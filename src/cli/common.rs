@@ -22,6 +22,20 @@ pub struct PrecisionArgs {
 }
 
 impl PrecisionArgs {
+    /// The base of `ft serve` and `ft worker` on `--device`: quantized unless --precision
+    /// says otherwise.
+    pub fn load_serving_base(
+        &self,
+        path: &std::path::Path,
+        device: &str,
+    ) -> anyhow::Result<std::sync::Arc<TextModel>> {
+        let device = ft::core::device::select(device.parse()?)?;
+        let options = self.options(Precision::Quantized);
+        Ok(std::sync::Arc::new(TextModel::load_with(
+            path, &device, &options,
+        )?))
+    }
+
     /// The load options, with `default` when --precision is not given.
     pub fn options(&self, default: Precision) -> ModelOptions {
         ModelOptions {

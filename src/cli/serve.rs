@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ft::model::TextModel;
 use ft::serve::{Engine, EngineConfig, FineTuning, Registry, Server, ServerConfig};
 
 /// Arguments of `ft serve`.
@@ -77,12 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let path = ft::hub::resolve_model(args.model.as_deref())?;
-    let device = ft::core::device::select(args.device.parse()?)?;
-    let model = Arc::new(TextModel::load_with(
-        &path,
-        &device,
-        &args.precision.options(ft::model::Precision::Quantized),
-    )?);
+    let model = args.precision.load_serving_base(&path, &args.device)?;
     let registry = Arc::new(Registry::new(
         model.clone(),
         args.adapters_dir.clone(),

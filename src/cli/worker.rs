@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ft::model::TextModel;
 use ft::serve::{FineTuning, FineTuningConfig, Registry};
 
 /// How jobs are stored and run: `ft serve` and `ft worker` alike.
@@ -92,13 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("ft worker needs --state-dir (the directory the servers share)");
     };
     config.run_jobs = true;
-    let device = ft::core::device::select(args.device.parse()?)?;
     // The registry checks each published adapter against the base, as the servers will.
-    let model = Arc::new(TextModel::load_with(
-        &path,
-        &device,
-        &args.precision.options(ft::model::Precision::Quantized),
-    )?);
+    let model = args.precision.load_serving_base(&path, &args.device)?;
     let registry = Arc::new(Registry::new(model, None, 1));
     let fine_tuning =
         FineTuning::start(config, registry.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -240,12 +240,18 @@ impl Postgres {
         }
     }
 
-    fn execute(&self, sql: &str, params: &[Param]) -> DbResult<u64> {
-        let (client, sql, params) = (
+    /// What a statement's task owns: the client, the SQL in PostgreSQL's placeholders, and
+    /// the parameters.
+    fn owned(&self, sql: &str, params: &[Param]) -> OwnedStatement {
+        (
             self.client.clone(),
             postgres_placeholders(sql),
             params.to_vec(),
-        );
+        )
+    }
+
+    fn execute(&self, sql: &str, params: &[Param]) -> DbResult<u64> {
+        let (client, sql, params) = self.owned(sql, params);
         self.run(async move {
             let boxed = postgres_params(params);
             Ok(client.execute(&sql, &as_refs(&boxed)).await?)
@@ -253,11 +259,7 @@ impl Postgres {
     }
 
     fn query(&self, sql: &str, params: &[Param]) -> DbResult<Vec<Row>> {
-        let (client, sql, params) = (
-            self.client.clone(),
-            postgres_placeholders(sql),
-            params.to_vec(),
-        );
+        let (client, sql, params) = self.owned(sql, params);
         self.run(async move {
             let boxed = postgres_params(params);
             let rows = client.query(&sql, &as_refs(&boxed)).await?;
@@ -281,6 +283,7 @@ impl Drop for Postgres {
 }
 
 type BoxedParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+type OwnedStatement = (std::sync::Arc<tokio_postgres::Client>, String, Vec<Param>);
 
 fn postgres_params(params: Vec<Param>) -> Vec<BoxedParam> {
     params
