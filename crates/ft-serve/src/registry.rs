@@ -132,11 +132,6 @@ impl Registry {
             || self.miss_handler.get().is_some_and(|ask| (ask.0)(name))
     }
 
-    /// The version `name` is served at, if it is known.
-    pub fn version_of(&self, name: &str) -> Option<u64> {
-        self.lock().entries.get(name).map(|e| e.version)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave the table inconsistent (every update is
         // one insert or field write), so a poisoned lock is still safe to use.
