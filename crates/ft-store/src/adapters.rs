@@ -20,10 +20,14 @@ pub struct AdapterVersion {
     pub job_id: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// `candidate`, `canary`, `stable`, `retired` or `rolled_back`.
+    pub state: String,
 }
 
 impl Store {
-    /// Adds the next version of adapter `name` and returns its number.
+    /// Adds the next version of adapter `name` and returns its number. The first version of
+    /// a name is `stable` (served under the name at once); a later one enters as `candidate`
+    /// and is served under the name only once promoted (`name@N` reaches it before).
     pub fn add_adapter_version(
         &self,
         name: &str,
@@ -48,9 +52,10 @@ impl Store {
                         &[name.into()],
                     )?
                     .map_or(1, |r| r.int(0));
+                let state = if version == 1 { "stable" } else { "candidate" };
                 db.execute(
-                    "INSERT INTO adapter_versions (name, version, dir, content_sha256, base, job_id, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO adapter_versions (name, version, dir, content_sha256, base, job_id, created_at, state) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     &[
                         name.into(),
                         version.into(),
@@ -59,6 +64,7 @@ impl Store {
                         base.into(),
                         job_id.into(),
                         now.into(),
+                        state.into(),
                     ],
                 )?;
                 Ok(version)
@@ -71,7 +77,7 @@ impl Store {
     pub fn adapter_versions(&self) -> Result<Vec<AdapterVersion>> {
         let rows = self.db(|db| {
             db.query(
-                "SELECT v.name, v.version, v.dir, v.content_sha256, v.base, v.job_id, v.created_at \
+                "SELECT v.name, v.version, v.dir, v.content_sha256, v.base, v.job_id, v.created_at, v.state \
                  FROM adapter_versions v JOIN adapters a ON a.name = v.name \
                  WHERE a.deleted = 0 ORDER BY v.name, v.version",
                 &[],
@@ -87,6 +93,7 @@ impl Store {
                 base: r.text(4),
                 job_id: r.opt_text(5),
                 created_at: r.int(6),
+                state: r.text(7),
             })
             .collect())
     }

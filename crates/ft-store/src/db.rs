@@ -89,6 +89,14 @@ impl Row {
         }
     }
 
+    /// Column `i` as an integer, `None` when null.
+    pub fn opt_int(&self, i: usize) -> Option<i64> {
+        match self.0.get(i) {
+            Some(Cell::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// Column `i` as an integer (0 for null).
     pub fn int(&self, i: usize) -> i64 {
         match self.0.get(i) {

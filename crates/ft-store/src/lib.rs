@@ -18,6 +18,7 @@
 
 pub mod adapters;
 pub mod blobs;
+pub mod closed_loop;
 mod db;
 mod objects;
 
@@ -31,6 +32,7 @@ use db::{Database, DbResult, Dialect, Postgres};
 
 pub use adapters::AdapterVersion;
 pub use blobs::{BlobWriter, Blobs, LocalBlobs};
+pub use closed_loop::{Correction, FeedbackRow, RequestLogRow, VersionStats};
 pub use objects::{JobRow, Page, PageQuery};
 
 /// What can go wrong in the store.
@@ -76,11 +78,18 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The migrations, in order: (version, SQLite's SQL, PostgreSQL's SQL of the same schema).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_closed_loop.sql"),
+        include_str!("../migrations/postgres/0002_closed_loop.sql"),
+    ),
+];
 
 /// Any key: the PostgreSQL advisory lock that serialises migrations between processes.
 const MIGRATION_LOCK: i64 = 0x0066_7473_746f_7265; // "ftstore"
@@ -100,6 +109,13 @@ pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A new id: `prefix` and 24 random alphanumerics (OpenAI's ids look the same).
