@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod closed_loop;
 mod common;
 mod data;
 mod eval;
@@ -39,6 +40,8 @@ enum Command {
     Worker(worker::Args),
     /// Evaluate the base model and adapters on a test split (metrics, judge, report, gate).
     Eval(Box<eval::Args>),
+    /// Adapter versions on a running server: add, promote (gate, canary, rollback), status.
+    Adapters(closed_loop::AdaptersArgs),
     /// Export an adapter merged into its base (HF directory) or as it is (PEFT).
     Export(export::Args),
 }
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Export(args) => export::run(args),
+        Command::Adapters(args) => closed_loop::run(args),
         Command::Eval(args) => {
             if eval::run(*args)? {
                 Ok(())

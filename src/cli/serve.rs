@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ft::serve::{Engine, EngineConfig, FineTuning, Registry, Server, ServerConfig};
+use ft::serve::{ClosedLoop, Engine, EngineConfig, FineTuning, Registry, Server, ServerConfig};
 
 /// Arguments of `ft serve`.
 #[derive(Debug, clap::Args)]
@@ -64,6 +64,8 @@ pub struct Args {
     #[command(flatten)]
     jobs: super::worker::JobArgs,
     #[command(flatten)]
+    closed_loop: super::closed_loop::ServeArgs,
+    #[command(flatten)]
     precision: super::common::PrecisionArgs,
 }
 
@@ -113,7 +115,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.run_jobs = !args.no_train;
         let fine_tuning = FineTuning::start(config, registry.clone())
             .map_err(|e| anyhow::anyhow!("--state-dir: {e}"))?;
-        server = server.with_fine_tuning(fine_tuning);
+        // Gates ask the judge (by default the base served here) over this server's own API.
+        let reachable = match args.host.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+            host => host,
+        };
+        let self_url = format!("http://{reachable}:{}/v1", args.port);
+        let closed_loop_config = args.closed_loop.config(self_url, args.api_key.clone())?;
+        let closed_loop = ClosedLoop::start(fine_tuning.clone(), closed_loop_config)
+            .map_err(|e| anyhow::anyhow!("--state-dir: {e}"))?;
+        server = server
+            .with_fine_tuning(fine_tuning)
+            .with_closed_loop(closed_loop);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

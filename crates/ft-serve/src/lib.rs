@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod closed_loop;
 pub mod engine;
 pub mod error;
 pub mod fine_tuning;
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod request;
 pub mod server;
 
+pub use closed_loop::{ClosedLoop, ClosedLoopConfig};
 pub use engine::{Engine, EngineConfig};
 pub use error::ApiError;
 pub use fine_tuning::{FineTuning, FineTuningConfig};

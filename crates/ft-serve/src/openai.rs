@@ -57,6 +57,11 @@ pub struct CommonParams {
     /// JSON so that a wrong shape (`[]`, which serde would read as an empty struct) is a 400
     /// naming this field.
     pub stream_options: Option<Value>,
+    /// Who asked (OpenAI's end-user id): the key of the canary traffic split.
+    pub user: Option<String>,
+    /// Keep the conversation in the request log (OpenAI's stored completions), so feedback
+    /// can correct it.
+    pub store: Option<bool>,
 }
 
 /// A message of a chat request: `content` is a string or a list of `{"type": "text", ...}` parts.

@@ -360,6 +360,23 @@ impl Plan {
         })
     }
 
+    /// The response id (`chatcmpl-…`, `cmpl-…`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The adapter version that answers, when one does.
+    pub fn adapter_version(&self) -> Option<u32> {
+        self.adapter.as_ref().map(|a| a.version as u32)
+    }
+
+    /// Reports the response as `model` (the name asked for) with `fingerprint` (the version
+    /// that answered) when routing picked a pinned version for it.
+    pub fn report_as(&mut self, model: String, fingerprint: String) {
+        self.model = model;
+        self.fingerprint = fingerprint;
+    }
+
     /// Total choices: prompts × `n`.
     pub fn choices(&self) -> usize {
         self.prompts.len() * self.n

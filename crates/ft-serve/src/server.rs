@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,11 +18,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::closed_loop::trace::{user_of, Trace};
+use crate::closed_loop::ClosedLoop;
 use crate::engine::{Engine, Event, FinishReason};
 use crate::error::{openai_errors, ApiError};
 use crate::fine_tuning::FineTuning;
 use crate::metrics::Metrics;
-use crate::openai::{ChatRequest, CompletionRequest, ModelCard};
+use crate::openai::{ChatRequest, CommonParams, CompletionRequest, ModelCard, PromptSpec};
 use crate::registry::Registry;
 use crate::request::Plan;
 
@@ -65,6 +67,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The files and fine-tuning jobs API, when the server has a state directory.
     pub fine_tuning: Option<Arc<FineTuning>>,
+    /// Versions, canaries, the request log and feedback, on the fine-tuning store.
+    pub closed_loop: Option<Arc<ClosedLoop>>,
     started: Instant,
     created: u64,
 }
@@ -91,6 +95,7 @@ impl Server {
                 metrics: Arc::new(Metrics::default()),
                 config: Arc::new(config),
                 fine_tuning: None,
+                closed_loop: None,
                 started: Instant::now(),
                 created: unix_now(),
             },
@@ -100,6 +105,12 @@ impl Server {
     /// Serves OpenAI's files and fine-tuning jobs API through `fine_tuning`.
     pub fn with_fine_tuning(mut self, fine_tuning: Arc<FineTuning>) -> Self {
         self.state.fine_tuning = Some(fine_tuning);
+        self
+    }
+
+    /// Routes adapter names through `closed_loop` (versions, canaries, request log, feedback).
+    pub fn with_closed_loop(mut self, closed_loop: Arc<ClosedLoop>) -> Self {
+        self.state.closed_loop = Some(closed_loop);
         self
     }
 
@@ -128,6 +139,7 @@ impl Server {
             .route("/metrics", get(metrics))
             .route("/health", get(health))
             .merge(FineTuning::routes(max_upload_bytes))
+            .merge(crate::closed_loop::routes())
             .fallback(|| async { ApiError::not_found("no such endpoint") })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -145,6 +157,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
         let fine_tuning = self.state.fine_tuning.clone();
+        let closed_loop = self.state.closed_loop.clone();
         // Stop the engine as soon as the signal comes: running streams then end at once
         // instead of holding the graceful shutdown open until they finish generating.
         let stop_engine = engine.clone();
@@ -156,6 +169,9 @@ impl Server {
             .with_graceful_shutdown(signal)
             .await;
         engine.shutdown();
+        if let Some(closed_loop) = closed_loop {
+            let _ = tokio::task::spawn_blocking(move || closed_loop.shutdown()).await;
+        }
         if let Some(fine_tuning) = fine_tuning {
             // The running job checkpoints after its current step and goes back to the queue.
             let _ = tokio::task::spawn_blocking(move || fine_tuning.shutdown()).await;
@@ -221,6 +237,8 @@ struct RequestRecord {
     started: Instant,
     first_token: bool,
     timed_out: bool,
+    /// Its request-log entry, queued when the record drops.
+    trace: Option<Trace>,
 }
 
 impl RequestRecord {
@@ -234,6 +252,20 @@ impl RequestRecord {
             started: Instant::now(),
             first_token: false,
             timed_out: false,
+            trace: None,
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        self.saw_text();
+        if let Some(trace) = &mut self.trace {
+            trace.response.push_str(text);
+        }
+    }
+
+    fn generated(&mut self, tokens: usize) {
+        if let Some(trace) = &mut self.trace {
+            trace.completion_tokens += tokens;
         }
     }
 
@@ -252,6 +284,9 @@ impl RequestRecord {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        if let Some(trace) = self.trace.take() {
+            trace.finish(self.status);
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         self.metrics
             .request_finished(&self.model, self.endpoint, self.status, seconds);
@@ -272,12 +307,28 @@ impl Drop for RequestRecord {
 /// A request body that names its `model` and becomes a [`Plan`].
 trait CompletionBody: serde::de::DeserializeOwned {
     fn model(&self) -> &str;
+    fn set_model(&mut self, model: String);
+    fn params(&self) -> &CommonParams;
+    /// The prompt as sent (`messages` or `prompt`), for the request log.
+    fn prompt_value(&self) -> Value;
     fn plan(self, state: &AppState) -> Result<Plan, ApiError>;
 }
 
 impl CompletionBody for ChatRequest {
     fn model(&self) -> &str {
         &self.model
+    }
+    fn set_model(&mut self, model: String) {
+        self.model = model;
+    }
+    fn params(&self) -> &CommonParams {
+        &self.params
+    }
+    fn prompt_value(&self) -> Value {
+        self.messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect()
     }
     fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
         Plan::chat(state, self)
@@ -288,38 +339,95 @@ impl CompletionBody for CompletionRequest {
     fn model(&self) -> &str {
         &self.model
     }
+    fn set_model(&mut self, model: String) {
+        self.model = model;
+    }
+    fn params(&self) -> &CommonParams {
+        &self.params
+    }
+    fn prompt_value(&self) -> Value {
+        match &self.prompt {
+            PromptSpec::One(p) => json!(p),
+            PromptSpec::Many(ps) => json!(ps),
+        }
+    }
     fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
         Plan::completion(state, self)
     }
 }
 
 /// Parses, validates and runs a request of either completion endpoint.
+///
+/// With the closed loop on, a request for an adapter name under rollout goes to the version
+/// of its user's bucket, reports that version (`system_fingerprint`, `x-ft-adapter-version`),
+/// and is logged for the rollout's numbers and for feedback.
 async fn complete<R: CompletionBody>(
     state: AppState,
     endpoint: &'static str,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut record = RequestRecord::new(&state, endpoint);
-    let request = body_bytes(&state, body).and_then(|b| parse_json::<R>(&b));
-    if let Ok(request) = &request {
+    let mut request = body_bytes(&state, body).and_then(|b| parse_json::<R>(&b));
+    let mut routed = None;
+    if let Ok(request) = &mut request {
         record.model = request.model().to_string();
+        if let Some(closed_loop) = &state.closed_loop {
+            let user = user_of(request.params().user.as_deref(), &headers);
+            routed = closed_loop.route(request.model(), &user);
+            let keep = closed_loop.keeps_content(request.params().store);
+            let prompt = request.prompt_value();
+            record.trace = Some(Trace::new(
+                closed_loop,
+                &user,
+                request.model(),
+                routed.as_ref(),
+                &prompt,
+                keep,
+            ));
+            if let Some(routed) = &routed {
+                request.set_model(routed.tag());
+            }
+        }
     }
-    let plan = request.and_then(|request| request.plan(&state));
-    run(state, plan, record).await
+    let mut plan = request.and_then(|request| request.plan(&state));
+    if let Ok(plan) = &mut plan {
+        if let Some(routed) = &routed {
+            plan.report_as(routed.name.clone(), routed.tag());
+        }
+        if let Some(trace) = &mut record.trace {
+            trace.planned(plan.id(), plan.prompt_tokens(), plan.adapter_version());
+        }
+    }
+    if let (Some(routed), Some(closed_loop), true) = (&routed, &state.closed_loop, plan.is_ok()) {
+        if closed_loop.inject_failure(&routed.tag()) {
+            plan = Err(ApiError::internal(format!(
+                "injected failure for {} (--fault-injection)",
+                routed.tag()
+            )));
+        }
+    }
+    let mut response = run(state, plan, record).await;
+    if let Some(tag) = routed.and_then(|r| HeaderValue::from_str(&r.tag()).ok()) {
+        response.headers_mut().insert("x-ft-adapter-version", tag);
+    }
+    response
 }
 
 async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    complete::<ChatRequest>(state, "/v1/chat/completions", body).await
+    complete::<ChatRequest>(state, "/v1/chat/completions", headers, body).await
 }
 
 async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    complete::<CompletionRequest>(state, "/v1/completions", body).await
+    complete::<CompletionRequest>(state, "/v1/completions", headers, body).await
 }
 
 /// Submits a validated request and answers as JSON or as a stream.
@@ -362,7 +470,7 @@ async fn collect_response(
         };
         match event {
             Event::Delta { index, text } => {
-                record.saw_text();
+                record.text(&text);
                 if let Some(output) = outputs.get_mut(index) {
                     output.text.push_str(&text);
                 }
@@ -374,6 +482,7 @@ async fn collect_response(
                 cached_tokens,
             } => {
                 record.finished(finish);
+                record.generated(completion_tokens);
                 if let Some(output) = outputs.get_mut(index) {
                     output.finish = Some(finish);
                     output.completion_tokens = completion_tokens;
@@ -446,7 +555,7 @@ fn stream_response(
             }
             match s.receiver.recv().await {
                 Some(Event::Delta { index, text }) => {
-                    s.record.saw_text();
+                    s.record.text(&text);
                     s.queued.push_back(s.plan.delta_chunk(index, &text));
                 }
                 Some(Event::Done {
@@ -456,6 +565,7 @@ fn stream_response(
                     cached_tokens,
                 }) => {
                     s.record.finished(finish);
+                    s.record.generated(completion_tokens);
                     s.completion_tokens += completion_tokens;
                     s.cached_tokens = s.cached_tokens.max(cached_tokens);
                     s.pending -= 1;
@@ -563,11 +673,14 @@ async fn unload_adapter(
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(
+    let mut text = state.metrics.render(
         state.engine.queue_depth(),
         state.engine.running(),
         state.engine.prefix_cache_stats(),
     );
+    if let Some(closed_loop) = &state.closed_loop {
+        text.push_str(&closed_loop.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

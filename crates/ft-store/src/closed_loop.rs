@@ -70,6 +70,21 @@ pub struct VersionStats {
     pub negative: u64,
 }
 
+/// A model's traffic over a span of time (drift signals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests.
+    pub requests: u64,
+    /// Their prompt tokens, summed.
+    pub prompt_tokens: u64,
+    /// Of them, answered from a response cache.
+    pub cache_hits: u64,
+    /// Feedback on them.
+    pub feedback: u64,
+    /// Of it, negative.
+    pub negative: u64,
+}
+
 /// A correction: the stored conversation of a response and the answer the user gave instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correction {
@@ -100,14 +115,18 @@ impl Store {
     /// The rollout of `name`, if one was ever started.
     pub fn rollout(&self, name: &str) -> Result<Option<Value>> {
         let row = self.db(|db| {
-            db.query_one("SELECT object FROM rollouts WHERE name = ?1", &[name.into()])
+            db.query_one(
+                "SELECT object FROM rollouts WHERE name = ?1",
+                &[name.into()],
+            )
         })?;
         row.map(|r| parse_object(name, &r.text(0))).transpose()
     }
 
     /// Every rollout, by name.
     pub fn rollouts(&self) -> Result<Vec<Value>> {
-        let rows = self.db(|db| db.query("SELECT name, object FROM rollouts ORDER BY name", &[]))?;
+        let rows =
+            self.db(|db| db.query("SELECT name, object FROM rollouts ORDER BY name", &[]))?;
         rows.iter()
             .map(|r| parse_object(&r.text(0), &r.text(1)))
             .collect()
@@ -203,7 +222,10 @@ impl Store {
     }
 
     /// The logged request `id`: (model, version, stored content).
-    pub fn logged_request(&self, id: &str) -> Result<Option<(String, Option<u32>, Option<String>)>> {
+    pub fn logged_request(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<u32>, Option<String>)>> {
         let row = self.db(|db| {
             db.query_one(
                 "SELECT model, version, content FROM request_log WHERE id = ?1",
@@ -284,16 +306,79 @@ impl Store {
             .collect())
     }
 
-    /// Feedback counts of `model` (all versions) updated at or after `since_ms`:
-    /// (total, negative).
-    pub fn feedback_counts(&self, model: &str, since_ms: i64) -> Result<(u64, u64)> {
+    /// Feedback counts on `model@version` updated at or after `since_ms`: (total, negative).
+    pub fn feedback_counts(&self, model: &str, version: u32, since_ms: i64) -> Result<(u64, u64)> {
         let row = self.db(|db| {
             db.query_one(
                 "SELECT COUNT(*), COUNT(CASE WHEN score < 0 THEN 1 END) FROM feedback \
-                 WHERE model = ?1 AND updated_at >= ?2",
-                &[model.into(), since_ms.into()],
+                 WHERE model = ?1 AND version = ?2 AND updated_at >= ?3",
+                &[model.into(), i64::from(version).into(), since_ms.into()],
             )
         })?;
         Ok(row.map_or((0, 0), |r| (r.int(0) as u64, r.int(1) as u64)))
+    }
+
+    /// Feedback counts over all time by (model, version, score).
+    pub fn feedback_totals(&self) -> Result<Vec<(String, Option<u32>, i64, u64)>> {
+        let rows = self.db(|db| {
+            db.query(
+                "SELECT model, version, score, COUNT(*) FROM feedback \
+                 GROUP BY model, version, score ORDER BY model, version, score",
+                &[],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let version = r.opt_int(1).map(|v| v as u32);
+                (r.text(0), version, r.int(2), r.int(3) as u64)
+            })
+            .collect())
+    }
+
+    /// The models asked for at or after `since_ms`.
+    pub fn logged_models(&self, since_ms: i64) -> Result<Vec<String>> {
+        let rows = self.db(|db| {
+            db.query(
+                "SELECT DISTINCT model FROM request_log WHERE created_at >= ?1 ORDER BY model",
+                &[since_ms.into()],
+            )
+        })?;
+        Ok(rows.iter().map(|r| r.text(0)).collect())
+    }
+
+    /// `model`'s requests that arrived in `[from_ms, to_ms)` and the feedback on them.
+    pub fn traffic(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Traffic> {
+        let row = self.db(|db| {
+            db.query_one(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(r.prompt_tokens), 0) AS BIGINT), \
+                 COUNT(CASE WHEN r.cache_hit = 1 THEN 1 END), COUNT(f.response_id), \
+                 COUNT(CASE WHEN f.score < 0 THEN 1 END) \
+                 FROM request_log r LEFT JOIN feedback f ON f.response_id = r.id \
+                 WHERE r.model = ?1 AND r.created_at >= ?2 AND r.created_at < ?3",
+                &[model.into(), from_ms.into(), to_ms.into()],
+            )
+        })?;
+        Ok(row.map_or_else(Traffic::default, |r| Traffic {
+            requests: r.int(0) as u64,
+            prompt_tokens: r.int(1) as u64,
+            cache_hits: r.int(2) as u64,
+            feedback: r.int(3) as u64,
+            negative: r.int(4) as u64,
+        }))
+    }
+
+    /// Registry events counted by (name, kind).
+    pub fn registry_event_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let rows = self.db(|db| {
+            db.query(
+                "SELECT name, kind, COUNT(*) FROM registry_events GROUP BY name, kind ORDER BY name, kind",
+                &[],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.text(0), r.text(1), r.int(2) as u64))
+            .collect())
     }
 }

@@ -41,7 +41,7 @@ pub(super) fn routes(max_upload_bytes: usize) -> Router<AppState> {
         .route("/v1/files/{id}/content", get(content))
 }
 
-fn blob_key(id: &str) -> String {
+pub(crate) fn blob_key(id: &str) -> String {
     format!("files/{id}")
 }
 

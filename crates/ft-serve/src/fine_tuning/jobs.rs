@@ -12,6 +12,7 @@ use ft_data::ExampleTokenizer;
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 use super::objects::{self, CreateJob, Setting};
 use super::{lock, service, store_error, FineTuning, ListQuery, StopRequest};
@@ -79,7 +80,21 @@ async fn create(
 ) -> Result<Json<Value>, ApiError> {
     let service = service(&state)?;
     let bytes = crate::server::body_bytes(&state, body)?;
-    let request = CreateJob::parse(&bytes)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    create_job(&service, &bytes, key.as_deref()).map(Json)
+}
+
+/// Creates a job from a `POST /v1/fine_tuning/jobs` body (or returns the job a retry of it
+/// made) and starts validating its files; the retrain trigger calls it too.
+pub(crate) fn create_job(
+    service: &Arc<FineTuning>,
+    bytes: &[u8],
+    key: Option<&str>,
+) -> Result<Value, ApiError> {
+    let request = CreateJob::parse(bytes)?;
     if request.model != service.base_id {
         return Err(ApiError::invalid(
             "model",
@@ -89,24 +104,20 @@ async fn create(
             ),
         ));
     }
-    training_input(&service, &request.training_file, "training_file")?;
+    training_input(service, &request.training_file, "training_file")?;
     if let Some(validation) = &request.validation_file {
-        training_input(&service, validation, "validation_file")?;
+        training_input(service, validation, "validation_file")?;
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let sha = format!("{:x}", Sha256::digest(&bytes));
+    let sha = format!("{:x}", Sha256::digest(bytes));
     let now = ft_store::unix_now();
     let job = {
         let _guard = lock(&service.jobs_lock);
         let retried = service
             .store
-            .find_retried_job(key.as_deref(), &sha, now - RETRY_WINDOW_SECONDS)
+            .find_retried_job(key, &sha, now - RETRY_WINDOW_SECONDS)
             .map_err(store_error)?;
         if let Some(job) = retried {
-            return Ok(Json(public(job)));
+            return Ok(public(job));
         }
         let id = ft_store::new_id("ftjob-");
         let seed = request
@@ -116,7 +127,7 @@ async fn create(
         let row = ft_store::JobRow {
             id: &id,
             created_at: now,
-            idempotency_key: key.as_deref(),
+            idempotency_key: key,
             request_sha256: &sha,
             object: &job,
         };
@@ -133,8 +144,11 @@ async fn create(
     );
     let validator = service.clone();
     // Reading and tokenizing the file is blocking work: off the async workers.
-    tokio::task::spawn_blocking(move || validate(&validator, &id));
-    Ok(Json(job))
+    std::thread::Builder::new()
+        .name("ft-validate".into())
+        .spawn(move || validate(&validator, &id))
+        .map_err(|e| ApiError::internal(format!("cannot start validating: {e}")))?;
+    Ok(job)
 }
 
 /// What is wrong with a job's files, in OpenAI's `error` shape.

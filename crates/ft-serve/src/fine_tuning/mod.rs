@@ -14,9 +14,10 @@
 
 mod files;
 mod jobs;
-pub(crate) use jobs::delete_model;
+pub(crate) use files::blob_key as file_blob_key;
+pub(crate) use jobs::{create_job, delete_model};
 pub mod objects;
-mod runner;
+pub(crate) mod runner;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -225,7 +226,7 @@ impl FineTuning {
         let Some(found) = versions
             .iter()
             .filter(|v| v.name == name && v.base == self.base_id)
-            .filter(|v| pinned.is_none_or(|n| v.version == n))
+            .filter(|v| pinned.map_or(v.state == "stable", |n| v.version == n))
             .max_by_key(|v| v.version)
         else {
             return false;
@@ -296,9 +297,9 @@ impl FineTuning {
             }
         }
         let versions = self.store.adapter_versions()?;
-        // Newest version per name (the list is by name, then version).
+        // The stable version per name (the newest stable one, should there be several).
         let mut newest: HashMap<&str, &ft_store::AdapterVersion> = HashMap::new();
-        for version in &versions {
+        for version in versions.iter().filter(|v| v.state == "stable") {
             newest.insert(version.name.as_str(), version);
         }
         for version in newest.values() {
@@ -333,8 +334,18 @@ impl FineTuning {
         Ok(())
     }
 
+    /// The registry this service publishes into.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The state directory.
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
     /// A directory recorded relative to the state directory (or absolute).
-    fn resolve_dir(&self, dir: &str) -> PathBuf {
+    pub(crate) fn resolve_dir(&self, dir: &str) -> PathBuf {
         self.config.state_dir.join(dir)
     }
 

@@ -327,7 +327,7 @@ impl Progress<'_> {
 }
 
 /// Copies an adapter's files into `to` (replaced whole: written beside it, then renamed).
-fn copy_adapter(from: &Path, to: &Path) -> Result<(), String> {
+pub(crate) fn copy_adapter(from: &Path, to: &Path) -> Result<(), String> {
     let parent = to.parent().unwrap_or(to);
     let tmp = parent.join(format!(".tmp-{}", ft_store::new_id("")));
     let copied = (|| -> std::io::Result<()> {
@@ -354,7 +354,7 @@ fn copy_adapter(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// sha256 over the adapter's files (name and bytes, in name order): the version's identity.
-fn content_sha256(dir: &Path) -> Result<String, String> {
+pub(crate) fn content_sha256(dir: &Path) -> Result<String, String> {
     let mut digest = Sha256::new();
     for name in ADAPTER_FILES {
         let bytes = std::fs::read(dir.join(name))
