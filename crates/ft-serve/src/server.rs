@@ -408,8 +408,14 @@ async fn complete<R: CompletionBody>(
         }
     }
     let mut response = run(state, plan, record).await;
-    if let Some(tag) = routed.and_then(|r| HeaderValue::from_str(&r.tag()).ok()) {
-        response.headers_mut().insert("x-ft-adapter-version", tag);
+    if let Some(routed) = routed {
+        let headers = response.headers_mut();
+        if let Ok(tag) = HeaderValue::from_str(&routed.tag()) {
+            headers.insert("x-ft-adapter-version", tag);
+        }
+        if let Some(percent) = routed.percent {
+            headers.insert("x-ft-canary-percent", HeaderValue::from(percent));
+        }
     }
     response
 }

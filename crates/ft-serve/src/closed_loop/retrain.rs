@@ -143,8 +143,13 @@ pub(super) fn check(closed_loop: &Arc<ClosedLoop>, now: i64) {
     }
 }
 
-/// The examples the corrections make: the stored conversation with the user's answer.
+/// Most examples one retrain takes from corrections.
+const MAX_CORRECTIONS: usize = 10_000;
+
+/// The examples the corrections make: the stored conversation with the user's answer, each
+/// distinct one once (many users correcting the same answer the same way teach one example).
 fn correction_examples(corrections: &[ft_store::Correction]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     corrections
         .iter()
         .filter_map(|c| {
@@ -158,6 +163,8 @@ fn correction_examples(corrections: &[ft_store::Correction]) -> Vec<String> {
             };
             Some(example.to_string())
         })
+        .filter(|line| seen.insert(line.clone()))
+        .take(MAX_CORRECTIONS)
         .collect()
 }
 
