@@ -91,6 +91,9 @@ pub struct ClosedLoop {
     rollouts: Mutex<HashMap<String, Rollout>>,
     /// Requests not yet written to the store.
     pending_log: Mutex<Vec<ft_store::RequestLogRow>>,
+    /// Held while queued rows are written, so that a flush returns only once every row
+    /// queued before it is in the store (feedback looks its response up right after).
+    flush_lock: Mutex<()>,
     /// Injected failure rate per `name@version`.
     faults: Mutex<HashMap<String, f64>>,
     /// Rendered closed-loop metrics, refreshed by the controller.
@@ -129,6 +132,7 @@ impl ClosedLoop {
             config,
             rollouts: Mutex::new(HashMap::new()),
             pending_log: Mutex::new(Vec::new()),
+            flush_lock: Mutex::new(()),
             faults: Mutex::new(HashMap::new()),
             metrics_text: Mutex::new(String::new()),
             retraining: Mutex::new(HashMap::new()),
@@ -259,6 +263,7 @@ impl ClosedLoop {
 
     /// Writes the queued requests to the store.
     pub fn flush_log(&self) {
+        let _writing = lock(&self.flush_lock);
         let rows = std::mem::take(&mut *lock(&self.pending_log));
         if let Err(e) = self.service.store().log_requests(&rows) {
             tracing::error!("cannot write {} request log rows: {e}", rows.len());

@@ -1,0 +1,210 @@
+//! The closed loop's rows on both backends: version states, rollouts, registry events, the
+//! request log with feedback joined to it (per-version counts over a window, corrections),
+//! and the drift counts.
+
+mod fresh;
+
+use fresh::Fresh;
+use ft_store::{FeedbackRow, RequestLogRow, Store, VersionStats};
+use serde_json::json;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                super::$case(&super::Fresh::sqlite()?)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                match super::Fresh::postgres()? {
+                    Some(fresh) => super::$case(&fresh),
+                    None => Ok(()),
+                }
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    the_first_version_is_stable_and_later_ones_candidates,
+    counts_per_version_join_feedback_within_the_window,
+    rollouts_and_events_survive_a_reopen,
+);
+
+fn request(id: &str, at: i64, version: u32, failed: bool, content: Option<&str>) -> RequestLogRow {
+    RequestLogRow {
+        id: id.into(),
+        created_at_ms: at,
+        user_hash: "u".into(),
+        model: "support".into(),
+        version: Some(version),
+        status: if failed { 500 } else { 200 },
+        failed,
+        latency_ms: 5,
+        prompt_tokens: 10,
+        completion_tokens: 1,
+        cache_hit: false,
+        prompt_sha256: "p".into(),
+        response_sha256: "r".into(),
+        content: content.map(str::to_string),
+    }
+}
+
+fn the_first_version_is_stable_and_later_ones_candidates(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
+    assert_eq!(
+        store.add_adapter_version("support", "a", "00", "base", None)?,
+        1
+    );
+    assert_eq!(
+        store.add_adapter_version("support", "b", "11", "base", None)?,
+        2
+    );
+    let states: Vec<(u32, String)> = store
+        .adapter_versions()?
+        .into_iter()
+        .map(|v| (v.version, v.state))
+        .collect();
+    assert_eq!(states, vec![(1, "stable".into()), (2, "candidate".into())]);
+    store.set_version_state("support", 2, "stable")?;
+    store.set_version_state("support", 1, "retired")?;
+    let states: Vec<String> = store
+        .adapter_versions()?
+        .into_iter()
+        .map(|v| v.state)
+        .collect();
+    assert_eq!(states, ["retired", "stable"]);
+    Ok(())
+}
+
+fn counts_per_version_join_feedback_within_the_window(fresh: &Fresh) -> Result<()> {
+    let store = fresh.open()?;
+    let stored = r#"{"messages": [{"role": "user", "content": "Hi"}], "response": "Yo"}"#;
+    store.log_requests(&[
+        request("old", 1_000, 1, true, None), // before the window
+        request("a", 5_000, 1, false, None),
+        request("b", 5_001, 1, true, None),
+        request("c", 5_002, 2, false, Some(stored)),
+        request("d", 5_003, 2, false, None),
+    ])?;
+    // A row logged twice (a retried flush) counts once.
+    store.log_requests(&[request("a", 5_000, 1, false, None)])?;
+    let verdict = |id: &str, version: u32, score: i64, correction: Option<&str>| FeedbackRow {
+        response_id: id.into(),
+        model: "support".into(),
+        version: Some(version),
+        score,
+        comment: None,
+        correction: correction.map(str::to_string),
+    };
+    store.upsert_feedback(&verdict("a", 1, 1, None))?;
+    store.upsert_feedback(&verdict("c", 2, 1, None))?;
+    // The user changed their mind: the later verdict replaces the first.
+    store.upsert_feedback(&verdict("c", 2, -1, Some("Hello!")))?;
+    let stats = store.version_stats("support", 4_000)?;
+    assert_eq!(
+        stats,
+        vec![
+            (
+                1,
+                VersionStats {
+                    requests: 2,
+                    failures: 1,
+                    feedback: 1,
+                    negative: 0
+                }
+            ),
+            (
+                2,
+                VersionStats {
+                    requests: 2,
+                    failures: 0,
+                    feedback: 1,
+                    negative: 1
+                }
+            ),
+        ]
+    );
+    assert_eq!(store.version_stats("support", 0)?[0].1.requests, 3);
+    assert_eq!(store.feedback_counts("support", 2, 0)?, (1, 1));
+    let corrections = store.corrections("support", 0)?;
+    assert_eq!(corrections.len(), 1);
+    assert_eq!(
+        (
+            corrections[0].response_id.as_str(),
+            corrections[0].correction.as_str()
+        ),
+        ("c", "Hello!")
+    );
+    assert_eq!(corrections[0].content, stored);
+    let (model, version, content) = store.logged_request("c")?.ok_or("c is logged")?;
+    assert_eq!(
+        (model.as_str(), version, content.as_deref()),
+        ("support", Some(2), Some(stored))
+    );
+    assert!(store.logged_request("nope")?.is_none());
+    let traffic = store.traffic("support", 4_000, 6_000)?;
+    assert_eq!(
+        (
+            traffic.requests,
+            traffic.prompt_tokens,
+            traffic.feedback,
+            traffic.negative
+        ),
+        (4, 40, 2, 1)
+    );
+    let totals = store.feedback_totals()?;
+    assert_eq!(
+        totals,
+        vec![
+            ("support".into(), Some(1), 1, 1),
+            ("support".into(), Some(2), -1, 1)
+        ]
+    );
+    assert_eq!(store.logged_models(0)?, ["support"]);
+    Ok(())
+}
+
+fn rollouts_and_events_survive_a_reopen(fresh: &Fresh) -> Result<()> {
+    {
+        let store = fresh.open()?;
+        store.add_adapter_version("support", "a", "00", "base", None)?;
+        store.put_rollout("support", &json!({"name": "support", "percent": 5}))?;
+        store.put_rollout("support", &json!({"name": "support", "percent": 25}))?;
+        store.add_registry_event(
+            "support",
+            Some(2),
+            "canary_step",
+            &json!({"kind": "canary_step"}),
+        )?;
+        store.add_registry_event(
+            "support",
+            Some(2),
+            "rolled_back",
+            &json!({"kind": "rolled_back"}),
+        )?;
+    }
+    let store: Store = fresh.open()?;
+    assert_eq!(store.rollout("support")?.ok_or("stored")?["percent"], 25);
+    assert_eq!(store.rollouts()?.len(), 1);
+    let kinds: Vec<String> = store
+        .registry_events("support")?
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kinds, ["canary_step", "rolled_back"]);
+    assert_eq!(
+        store.registry_event_counts()?,
+        vec![
+            ("support".into(), "canary_step".into(), 1),
+            ("support".into(), "rolled_back".into(), 1)
+        ]
+    );
+    assert_eq!(store.schema_version()?, 2);
+    Ok(())
+}
