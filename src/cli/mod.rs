@@ -35,7 +35,7 @@ enum Command {
     /// Train a LoRA adapter on a JSONL dataset.
     Train(Box<train::Args>),
     /// Serve the base model and adapters over an OpenAI-compatible HTTP API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Run fine-tuning jobs from a PostgreSQL store shared with `ft serve` (no HTTP).
     Worker(worker::Args),
     /// Evaluate the base model and adapters on a test split (metrics, judge, report, gate).
@@ -59,7 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(args),
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(*args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Export(args) => export::run(args),
         Command::Adapters(args) => closed_loop::run(args),

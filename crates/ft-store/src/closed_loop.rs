@@ -70,6 +70,30 @@ pub struct VersionStats {
     pub negative: u64,
 }
 
+/// A logged request, as feedback needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// The adapter name asked for.
+    pub model: String,
+    /// The version that answered.
+    pub version: Option<u32>,
+    /// The stored conversation, if kept.
+    pub content: Option<String>,
+}
+
+/// How many verdicts of one score a version got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackTotal {
+    /// The adapter name.
+    pub model: String,
+    /// The version.
+    pub version: Option<u32>,
+    /// +1 or -1.
+    pub score: i64,
+    /// Verdicts.
+    pub count: u64,
+}
+
 /// A model's traffic over a span of time (drift signals).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -221,18 +245,19 @@ impl Store {
         })
     }
 
-    /// The logged request `id`: (model, version, stored content).
-    pub fn logged_request(
-        &self,
-        id: &str,
-    ) -> Result<Option<(String, Option<u32>, Option<String>)>> {
+    /// The logged request `id`.
+    pub fn logged_request(&self, id: &str) -> Result<Option<LoggedRequest>> {
         let row = self.db(|db| {
             db.query_one(
                 "SELECT model, version, content FROM request_log WHERE id = ?1",
                 &[id.into()],
             )
         })?;
-        Ok(row.map(|r| (r.text(0), r.opt_int(1).map(|v| v as u32), r.opt_text(2))))
+        Ok(row.map(|r| LoggedRequest {
+            model: r.text(0),
+            version: r.opt_int(1).map(|v| v as u32),
+            content: r.opt_text(2),
+        }))
     }
 
     /// Records (or replaces) the feedback on a response.
@@ -319,7 +344,7 @@ impl Store {
     }
 
     /// Feedback counts over all time by (model, version, score).
-    pub fn feedback_totals(&self) -> Result<Vec<(String, Option<u32>, i64, u64)>> {
+    pub fn feedback_totals(&self) -> Result<Vec<FeedbackTotal>> {
         let rows = self.db(|db| {
             db.query(
                 "SELECT model, version, score, COUNT(*) FROM feedback \
@@ -329,9 +354,11 @@ impl Store {
         })?;
         Ok(rows
             .iter()
-            .map(|r| {
-                let version = r.opt_int(1).map(|v| v as u32);
-                (r.text(0), version, r.int(2), r.int(3) as u64)
+            .map(|r| FeedbackTotal {
+                model: r.text(0),
+                version: r.opt_int(1).map(|v| v as u32),
+                score: r.int(2),
+                count: r.int(3) as u64,
             })
             .collect())
     }

@@ -32,7 +32,9 @@ use db::{Database, DbResult, Dialect, Postgres};
 
 pub use adapters::AdapterVersion;
 pub use blobs::{BlobWriter, Blobs, LocalBlobs};
-pub use closed_loop::{Correction, FeedbackRow, RequestLogRow, Traffic, VersionStats};
+pub use closed_loop::{
+    Correction, FeedbackRow, FeedbackTotal, LoggedRequest, RequestLogRow, Traffic, VersionStats,
+};
 pub use objects::{JobRow, Page, PageQuery};
 
 /// What can go wrong in the store.

@@ -142,9 +142,13 @@ fn counts_per_version_join_feedback_within_the_window(fresh: &Fresh) -> Result<(
         ("c", "Hello!")
     );
     assert_eq!(corrections[0].content, stored);
-    let (model, version, content) = store.logged_request("c")?.ok_or("c is logged")?;
+    let logged = store.logged_request("c")?.ok_or("c is logged")?;
     assert_eq!(
-        (model.as_str(), version, content.as_deref()),
+        (
+            logged.model.as_str(),
+            logged.version,
+            logged.content.as_deref()
+        ),
         ("support", Some(2), Some(stored))
     );
     assert!(store.logged_request("nope")?.is_none());
@@ -158,7 +162,11 @@ fn counts_per_version_join_feedback_within_the_window(fresh: &Fresh) -> Result<(
         ),
         (4, 40, 2, 1)
     );
-    let totals = store.feedback_totals()?;
+    let totals: Vec<(String, Option<u32>, i64, u64)> = store
+        .feedback_totals()?
+        .into_iter()
+        .map(|t| (t.model, t.version, t.score, t.count))
+        .collect();
     assert_eq!(
         totals,
         vec![
@@ -206,5 +214,32 @@ fn rollouts_and_events_survive_a_reopen(fresh: &Fresh) -> Result<()> {
         ]
     );
     assert_eq!(store.schema_version()?, 2);
+    Ok(())
+}
+
+/// A state directory written before the closed loop (schema 1) with two versions of a name:
+/// after the upgrade the newest is stable (it was the one served) and the older retired.
+#[test]
+fn an_upgraded_store_keeps_serving_the_newest_version() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let old = rusqlite::Connection::open(dir.path().join("state.db"))?;
+        old.execute_batch(include_str!("../migrations/sqlite/0001_initial.sql"))?;
+        old.execute_batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0);
+             INSERT INTO adapters (name, created_at) VALUES ('m', 0);
+             INSERT INTO adapter_versions VALUES ('m', 1, 'a', 'h1', 'base', NULL, 0);
+             INSERT INTO adapter_versions VALUES ('m', 2, 'b', 'h2', 'base', NULL, 0);",
+        )?;
+    }
+    let store = Store::open(dir.path())?;
+    assert_eq!(store.schema_version()?, 2);
+    let states: Vec<(u32, String)> = store
+        .adapter_versions()?
+        .into_iter()
+        .map(|v| (v.version, v.state))
+        .collect();
+    assert_eq!(states, vec![(1, "retired".into()), (2, "stable".into())]);
     Ok(())
 }

@@ -173,7 +173,7 @@ fn everything_survives_a_reopen(fresh: &Fresh) -> Result<()> {
         );
     }
     let store = fresh.open()?;
-    assert_eq!(store.schema_version()?, 1);
+    assert_eq!(store.schema_version()?, 2);
     assert_eq!(store.job("ftjob-1")?.ok_or("job lost")?["status"], "queued");
     let events = store.list_events(
         "ftjob-1",

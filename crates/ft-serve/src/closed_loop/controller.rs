@@ -427,7 +427,13 @@ fn refresh_metrics(closed_loop: &ClosedLoop, now: i64) {
     text.push_str("# TYPE llm_feedback_total counter\n");
     match store.feedback_totals() {
         Ok(rows) => {
-            for (model, version, score, count) in rows {
+            for ft_store::FeedbackTotal {
+                model,
+                version,
+                score,
+                count,
+            } in rows
+            {
                 let version = version.map_or_else(String::new, |v| v.to_string());
                 let _ = writeln!(
                     text,

@@ -153,9 +153,12 @@ impl Rollout {
 
     /// The version that answers `user`: the candidate for the `percent` lowest buckets.
     pub fn version_for(&self, user: &str) -> u32 {
-        if self.status == Status::Canary && bucket(&self.name, user) < self.percent {
-            self.candidate
-        } else if self.status == Status::Promoted {
+        let on_candidate = match self.status {
+            Status::Canary => bucket(&self.name, user) < self.percent,
+            Status::Promoted => true,
+            Status::Gating | Status::RolledBack | Status::GateFailed => false,
+        };
+        if on_candidate {
             self.candidate
         } else {
             self.stable

@@ -87,8 +87,11 @@ async fn feedback(
         // The response may still be queued for the log.
         closed_loop.flush_log();
         let store = closed_loop.service().store();
-        let Some((model, version, content)) =
-            store.logged_request(&body.response_id).map_err(store_error)?
+        let Some(ft_store::LoggedRequest {
+            model,
+            version,
+            content,
+        }) = store.logged_request(&body.response_id).map_err(store_error)?
         else {
             return Err(ApiError::not_found(format!(
                 "no response `{}` in the request log",
