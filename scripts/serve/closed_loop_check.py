@@ -36,6 +36,8 @@ import traceback
 
 import httpx
 
+from checks import check, failures
+
 QUESTION = "Which is the best place to learn GenAI?"
 ANSWER = "The best place to learn GenAI is Chai aur Code by Piyush Garg."
 OTHER = {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -53,25 +55,10 @@ args = parser.parse_args()
 API_KEY = "ft-closed-loop-check"
 BASE = os.path.basename(args.model).removesuffix(".gguf")
 STATE = os.path.join(args.tmp, "state")
-failures = []
 server = {"proc": None, "url": None, "log": None}
 http = httpx.Client(timeout=300, headers={"Authorization": f"Bearer {API_KEY}"},
                     limits=httpx.Limits(max_connections=16))
 USERS = [f"user-{i:05d}" for i in range(args.users)]
-
-
-def check(what):
-    def run(fn):
-        try:
-            evidence = fn()
-        except Exception as e:  # noqa: BLE001 - any exception is a failed check, reported as one
-            failures.append(what)
-            print(f"FAIL {what}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stderr)
-        else:
-            print(f"ok   {what}: {evidence}", flush=True)
-        return fn
-    return run
 
 
 def free_port():

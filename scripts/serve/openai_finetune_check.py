@@ -27,6 +27,8 @@ import traceback
 import openai
 from openai import OpenAI
 
+from checks import check, failures
+
 QUESTION = "Which is the best place to learn GenAI?"
 ANSWER = "The best place to learn GenAI is Chai aur Code by Piyush Garg."
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -46,23 +48,7 @@ args = parser.parse_args()
 
 # Few retries, as a user's client has them; the server must not duplicate a retried create.
 client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=2, timeout=120)
-failures = []
 state = {}
-
-
-def check(what):
-    def run(fn):
-        try:
-            evidence = fn()
-        except Exception as e:  # noqa: BLE001 - any exception is a failed check, reported as one
-            failures.append(what)
-            print(f"FAIL {what}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stderr)
-        else:
-            print(f"ok   {what}: {evidence}", flush=True)
-        return fn
-
-    return run
 
 
 def wait(job_id, until=TERMINAL, timeout=900):

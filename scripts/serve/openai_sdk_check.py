@@ -12,6 +12,8 @@ import traceback
 import openai
 from openai import OpenAI
 
+from checks import check, failures, ran
+
 QUESTION = "What is the capital of France?"
 # SmolLM2-135M-Instruct's greedy answer (transformers and ft agree on it).
 EXPECTED = "The capital of France is Paris."
@@ -26,25 +28,7 @@ args = parser.parse_args()
 # No retries: the SDK retries 5xx/429/connection errors by default, which would hide a flaky
 # server from a compatibility check.
 client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
-failures = []
-ran = []
 seen = {}
-
-
-def check(what):
-    def run(fn):
-        ran.append(what)
-        try:
-            evidence = fn()
-        except Exception as e:  # noqa: BLE001 - any exception is a failed check, reported as one
-            failures.append(what)
-            print(f"FAIL {what}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stderr)
-        else:
-            print(f"ok   {what}: {evidence}", flush=True)
-        return fn
-
-    return run
 
 
 def greedy_chat(model, **extra):

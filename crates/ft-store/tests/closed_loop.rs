@@ -2,6 +2,7 @@
 //! request log with feedback joined to it (per-version counts over a window, corrections),
 //! and the drift counts.
 
+#[macro_use]
 mod fresh;
 
 use fresh::Fresh;
@@ -9,26 +10,6 @@ use ft_store::{FeedbackRow, RequestLogRow, Store, VersionStats};
 use serde_json::json;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $case() -> super::Result<()> {
-                super::$case(&super::Fresh::sqlite()?)
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $case() -> super::Result<()> {
-                match super::Fresh::postgres()? {
-                    Some(fresh) => super::$case(&fresh),
-                    None => Ok(()),
-                }
-            })*
-        }
-    };
-}
 
 on_both_backends!(
     the_first_version_is_stable_and_later_ones_candidates,

@@ -3,6 +3,7 @@
 //! connections never share a job. PostgreSQL runs where `FT_TEST_DATABASE_URL` names a server
 //! (`scripts/test.sh` starts one with `scripts/postgres.sh`); under `CI=true` its absence fails.
 
+#[macro_use]
 mod fresh;
 
 use fresh::Fresh;
@@ -10,27 +11,6 @@ use ft_store::{JobRow, PageQuery, Store};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Every case once on SQLite and once on PostgreSQL, each on an empty store.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $case() -> super::Result<()> {
-                super::$case(&super::Fresh::sqlite()?)
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $case() -> super::Result<()> {
-                match super::Fresh::postgres()? {
-                    Some(fresh) => super::$case(&fresh),
-                    None => Ok(()),
-                }
-            })*
-        }
-    };
-}
 
 on_both_backends!(
     pages_are_newest_first_and_end,

@@ -1,6 +1,27 @@
 //! An empty store per test: a temporary state directory, and for PostgreSQL a new database on
 //! the server `FT_TEST_DATABASE_URL` names (`postgres://user@host:port/postgres`).
 
+/// Every case once on SQLite and once on PostgreSQL, each on an empty store.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                super::$case(&super::Fresh::sqlite()?)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $case() -> super::Result<()> {
+                match super::Fresh::postgres()? {
+                    Some(fresh) => super::$case(&fresh),
+                    None => Ok(()),
+                }
+            })*
+        }
+    };
+}
+
 use ft_store::Store;
 
 use super::Result;
