@@ -27,6 +27,7 @@
 //! ```
 
 pub mod closed_loop;
+mod completion;
 pub mod engine;
 pub mod error;
 pub mod fine_tuning;

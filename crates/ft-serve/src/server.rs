@@ -20,11 +20,12 @@ use tokio::sync::mpsc;
 
 use crate::closed_loop::trace::{user_of, Trace};
 use crate::closed_loop::ClosedLoop;
-use crate::engine::{Engine, Event, FinishReason};
+use crate::completion::{CompletionBody, RequestRecord};
+use crate::engine::{Engine, Event};
 use crate::error::{openai_errors, ApiError};
 use crate::fine_tuning::FineTuning;
 use crate::metrics::Metrics;
-use crate::openai::{ChatRequest, CommonParams, CompletionRequest, ModelCard, PromptSpec};
+use crate::openai::{ChatRequest, CompletionRequest, ModelCard};
 use crate::registry::Registry;
 use crate::request::Plan;
 
@@ -222,138 +223,9 @@ pub(crate) fn body_bytes(
 }
 
 /// Parses a JSON body, naming the position or field on failure.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_body(format!("invalid request body: {e}")))
-}
-
-/// Counts the request in the metrics when dropped (at the end of the response or stream, or
-/// when the client goes away).
-struct RequestRecord {
-    metrics: Arc<Metrics>,
-    endpoint: &'static str,
-    model: String,
-    status: u16,
-    started: Instant,
-    first_token: bool,
-    timed_out: bool,
-    /// Its request-log entry, queued when the record drops.
-    trace: Option<Trace>,
-}
-
-impl RequestRecord {
-    fn new(state: &AppState, endpoint: &'static str) -> Self {
-        state.metrics.request_started();
-        Self {
-            metrics: state.metrics.clone(),
-            endpoint,
-            model: String::new(),
-            status: 200,
-            started: Instant::now(),
-            first_token: false,
-            timed_out: false,
-            trace: None,
-        }
-    }
-
-    fn text(&mut self, text: &str) {
-        self.saw_text();
-        if let Some(trace) = &mut self.trace {
-            trace.response.push_str(text);
-        }
-    }
-
-    fn generated(&mut self, tokens: usize) {
-        if let Some(trace) = &mut self.trace {
-            trace.completion_tokens += tokens;
-        }
-    }
-
-    fn finished(&mut self, finish: FinishReason) {
-        self.timed_out |= finish == FinishReason::Timeout;
-    }
-
-    fn saw_text(&mut self) {
-        if !self.first_token {
-            self.first_token = true;
-            let seconds = self.started.elapsed().as_secs_f64();
-            self.metrics.time_to_first_token(&self.model, seconds);
-        }
-    }
-}
-
-impl Drop for RequestRecord {
-    fn drop(&mut self) {
-        if let Some(trace) = self.trace.take() {
-            trace.finish(self.status);
-        }
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics
-            .request_finished(&self.model, self.endpoint, self.status, seconds);
-        if self.timed_out {
-            self.metrics.request_timed_out(&self.model, self.endpoint);
-        }
-        self.metrics.request_ended();
-        tracing::info!(
-            endpoint = self.endpoint,
-            model = %self.model,
-            status = self.status,
-            ms = (seconds * 1000.0) as u64,
-            "request"
-        );
-    }
-}
-
-/// A request body that names its `model` and becomes a [`Plan`].
-trait CompletionBody: serde::de::DeserializeOwned {
-    fn model(&self) -> &str;
-    fn set_model(&mut self, model: String);
-    fn params(&self) -> &CommonParams;
-    /// The prompt as sent (`messages` or `prompt`), for the request log.
-    fn prompt_value(&self) -> Value;
-    fn plan(self, state: &AppState) -> Result<Plan, ApiError>;
-}
-
-impl CompletionBody for ChatRequest {
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn set_model(&mut self, model: String) {
-        self.model = model;
-    }
-    fn params(&self) -> &CommonParams {
-        &self.params
-    }
-    fn prompt_value(&self) -> Value {
-        self.messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect()
-    }
-    fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
-        Plan::chat(state, self)
-    }
-}
-
-impl CompletionBody for CompletionRequest {
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn set_model(&mut self, model: String) {
-        self.model = model;
-    }
-    fn params(&self) -> &CommonParams {
-        &self.params
-    }
-    fn prompt_value(&self) -> Value {
-        match &self.prompt {
-            PromptSpec::One(p) => json!(p),
-            PromptSpec::Many(ps) => json!(ps),
-        }
-    }
-    fn plan(self, state: &AppState) -> Result<Plan, ApiError> {
-        Plan::completion(state, self)
-    }
 }
 
 /// Parses, validates and runs a request of either completion endpoint.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::rollout::{parse_duration, Policy};
 use super::{controller, lock, store_error, ClosedLoop};
 use crate::error::ApiError;
-use crate::server::{body_bytes, AppState};
+use crate::server::{body_bytes, parse_json, AppState};
 
 /// The routes (merged into the server's router).
 pub(crate) fn routes() -> Router<AppState> {
@@ -43,9 +43,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let bytes = body_bytes(state, body)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_body(format!("invalid request body: {e}")))
+    parse_json(&body_bytes(state, body)?)
 }
 
 /// Runs blocking store work off the async workers.
